@@ -1,0 +1,18 @@
+"""The only package that imports Qt or napari widgets: one generic panel, built for each method."""
+from napari.viewer import Viewer
+
+from ..methods import get_method
+from .method_panel import MethodPanel
+
+
+def panel_class(method_id: str) -> type[MethodPanel]:
+    """A :class:`MethodPanel` subclass for ``method_id`` that napari can instantiate with the viewer."""
+
+    def __init__(self, napari_viewer: Viewer, parent=None):  # napari injects the viewer by this name
+        MethodPanel.__init__(self, napari_viewer, get_method(method_id), parent)
+
+    name = "".join(part.title() for part in method_id.split("-")) + "Panel"
+    return type(name, (MethodPanel,), {"__init__": __init__, "__module__": __name__})
+
+
+FeatureClusteringPanel = panel_class("feature-clustering")

@@ -1,0 +1,341 @@
+"""The one dock panel every method gets: built from the method's parameter declaration.
+
+The panel edits parameters, starts a :class:`~napari_selfseg.engine.Training` in a napari thread worker,
+and draws the snapshots it yields: the worker computes, the GUI thread only copies finished label maps
+into a Labels layer. Slider moves go to ``Training.update`` and act on the next step.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from magicgui.widgets import ComboBox, SpinBox
+from napari.layers import Image, Labels
+from napari.qt.threading import create_worker
+from napari.utils import progress
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import QEvent
+from qtpy.QtWidgets import QHBoxLayout, QLabel, QPushButton, QScrollArea, QVBoxLayout, QWidget
+
+from .. import api
+from ..engine import Method, Snapshot, Training, resolve_device
+from ..imageprep import InputError
+from .loss_plot import LossPlot
+from .param_form import ParamForm
+from .planes import displayed_index, image_plane, label_plane, spatial_shape, write_plane
+
+
+
+class MethodPanel(QWidget):
+    """Dock panel for one method: layer choice, parameters, Train / Pause / Stop, live loss and labels."""
+
+    def __init__(self, viewer, method: Method, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.viewer = viewer
+        self.method = method
+        self.training: Training | None = None
+        self.worker = None
+        self.labels_layer: Labels | None = None
+        self._index: tuple[int, ...] = ()
+        self._progress = None
+        self._started = 0.0
+        self._frames = 0
+        self._window = None  # the main window, watched so closing the viewer ends a running training
+        self._build()
+        self._connect_viewer()
+        self._set_running(False)
+
+    # -- construction ---------------------------------------------------------------------------
+    def _build(self) -> None:
+        self.image_box = ComboBox(label="image", choices=self._image_layers, tooltip="Image layer to segment "
+                                  "(for a stack, the displayed slice)")
+        self.scribble_box = ComboBox(label="scribbles", choices=self._labels_layers, nullable=True,
+                                     tooltip="Optional Labels layer of user scribbles: each scribble id is a class")
+        self.preset_box = ComboBox(label="preset", choices=["(custom)", *self.method.presets],
+                                   value="(custom)", tooltip="Fill the parameters from a named setting")
+        self.device_box = ComboBox(label="device", choices=self._devices(), tooltip="auto = CUDA if present")
+        self.seed_box = SpinBox(label="seed", value=0, min=0, max=2**31 - 1,
+                                tooltip="Random seed: the same seed gives the same labels on CPU")
+        self.form = ParamForm(self.method.params, on_change=self._param_changed)
+        self.preset_box.changed.connect(self._apply_preset)
+
+        self.train_button = QPushButton("Train")
+        self.pause_button = QPushButton("Pause")
+        self.stop_button = QPushButton("Stop")
+        self.apply_button = QPushButton("Label all slices")
+        self.train_button.setToolTip("Train on the displayed plane of the chosen image")
+        self.stop_button.setToolTip("Stop training; the network's final full-resolution labels are kept")
+        self.apply_button.setToolTip("Label every slice of the stack with the trained network (same ids)")
+        self.train_button.clicked.connect(self.start)
+        self.pause_button.clicked.connect(self.toggle_pause)
+        self.stop_button.clicked.connect(self.stop)
+        self.apply_button.clicked.connect(self.label_all_slices)
+        buttons = QHBoxLayout()
+        for b in (self.train_button, self.pause_button, self.stop_button):
+            buttons.addWidget(b)
+
+        self.status = QLabel("Ready")
+        self.status.setWordWrap(True)
+        self.plot = LossPlot()
+
+        inner = QWidget()
+        layout = QVBoxLayout(inner)
+        title = QLabel(f"<b>{self.method.title}</b><br><small>{self.method.description}</small>")
+        title.setWordWrap(True)
+        layout.addWidget(title)
+        for w in (self.image_box, self.scribble_box if self.method.uses_scribbles else None, self.preset_box,
+                  self.device_box, self.seed_box):
+            if w is not None:
+                layout.addWidget(_labelled(w))
+        layout.addWidget(self.form.container.native)
+        if self.form.advanced is not None:
+            layout.addWidget(self.form.advanced.native)
+        layout.addLayout(buttons)
+        layout.addWidget(self.apply_button)
+        layout.addWidget(self.status)
+        layout.addWidget(self.plot)
+        layout.addStretch(1)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setWidget(inner)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(scroll)
+        self.setMinimumWidth(340)
+
+    def _connect_viewer(self) -> None:
+        events = self.viewer.layers.events
+        for event in (events.inserted, events.removed, events.reordered):
+            event.connect(self._refresh_choices)
+        events.removed.connect(self._layer_removed)
+
+    def _image_layers(self, *_):
+        return [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, Image)]
+
+    def _labels_layers(self, *_):
+        return [(layer.name, layer) for layer in self.viewer.layers
+                if isinstance(layer, Labels) and layer is not self.labels_layer]
+
+    @staticmethod
+    def _devices() -> list[str]:
+        import torch
+
+        return ["auto", "cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+    def _refresh_choices(self, *_):
+        self.image_box.reset_choices()
+        self.scribble_box.reset_choices()
+
+    # -- parameters -----------------------------------------------------------------------------
+    def _apply_preset(self, name: str) -> None:
+        if name in self.method.presets:
+            self.form.reset()
+            self.form.set_values(dict(self.method.presets[name]), notify=self.training is not None)
+
+    def _param_changed(self, name: str, value) -> None:
+        if self.preset_box.value != "(custom)":
+            self.preset_box.changed.disconnect(self._apply_preset)
+            self.preset_box.value = "(custom)"
+            self.preset_box.changed.connect(self._apply_preset)
+        if self.training is not None and self.form.specs[name].live:
+            try:
+                self.training.update(**{name: value})
+            except ValueError as err:
+                show_error(str(err))
+
+    # -- training -------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start training on the displayed plane of the chosen image (no-op while one runs)."""
+        if self.worker is not None:
+            return
+        try:
+            self.training, self._index = self._new_training()
+        except (InputError, ValueError) as err:
+            show_error(f"{self.method.title}: {err}")
+            self.status.setText(f"Cannot train: {err}")
+            return
+        self.plot.clear()
+        self._started, self._frames = time.perf_counter(), 0
+        self._progress = progress(total=self.training.stop_rules.max_iterations or 0,
+                                  desc=f"{self.method.title} on {self.image_box.value.name}")
+        self.worker = create_worker(self.training.snapshots, _start_thread=False)
+        self.worker.yielded.connect(self._show)
+        self.worker.errored.connect(self._failed)
+        self.worker.finished.connect(self._finished)
+        self._set_running(True)
+        self.status.setText("Training…")
+        self.worker.start()
+
+    def _new_training(self) -> tuple[Training, tuple[int, ...]]:
+        image_layer = self.image_box.value
+        if image_layer is None:
+            raise InputError("open an image first (File > Open, or File > Open Sample > napari-selfseg)")
+        index = displayed_index(self.viewer, image_layer)
+        plane = image_plane(image_layer, index)
+        scribbles = self._scribbles(image_layer, index)
+        params = self.form.values()
+        threads = 1 if resolve_device(self.device_box.value).type == "cpu" else None
+        run = Training(self.method, plane, params, rgb=image_layer.rgb, scribbles=scribbles,
+                       device=self.device_box.value, seed=int(self.seed_box.value),
+                       stop_rules=self.method.stop_rules(params), threads=threads, max_fps=10.0)
+        self._ensure_labels_layer(image_layer)
+        return run, index
+
+    def _scribbles(self, image_layer, index) -> np.ndarray | None:
+        layer = self.scribble_box.value if self.method.uses_scribbles else None
+        if layer is None:
+            return None
+        plane = label_plane(layer, index, spatial_shape(image_layer))
+        if plane is None:
+            raise InputError(f"scribble layer '{layer.name}' has shape {layer.data.shape}, "
+                             f"the image {spatial_shape(image_layer)}")
+        return plane if np.any(plane) else None
+
+    def _ensure_labels_layer(self, image_layer) -> None:
+        """Reuse this panel's Labels layer if it still fits the image, else add a new one."""
+        shape = spatial_shape(image_layer)
+        layer = self.labels_layer
+        if layer is None or layer not in self.viewer.layers or layer.data.shape != shape:
+            data = np.zeros(shape, dtype=np.uint16)
+            name = f"{image_layer.name} {self.method.title.lower()}"
+            layer = self.viewer.add_labels(data, name=name, scale=image_layer.scale[-len(shape):],
+                                           translate=image_layer.translate[-len(shape):], opacity=0.6)
+            self.labels_layer = layer
+            self._refresh_choices()
+
+    def _show(self, snap: Snapshot) -> None:
+        """GUI thread: copy a finished frame into the Labels layer, update readouts."""
+        self._frames += 1
+        layer = self.labels_layer
+        if layer is not None and layer in self.viewer.layers:
+            write_plane(layer, self._index, snap.labels)
+        self.plot.add(snap.iteration, snap.losses)
+        if self._progress is not None:
+            self._progress.update(snap.iteration - self._progress.n)
+        rate = snap.iteration / snap.elapsed if snap.elapsed > 0 else 0.0
+        state = f"done ({snap.stop_reason})" if snap.final else ("paused" if self.training.paused else "training")
+        self.status.setText(f"{state}: iteration {snap.iteration}, {snap.n_clusters} clusters, "
+                            f"{rate:.1f} it/s, {snap.elapsed:.1f} s")
+        if snap.final and layer is not None:
+            layer.metadata["napari_selfseg"] = api.provenance(
+                self.training, image=self.image_box.value.name if self.image_box.value else None,
+                plane_index=list(self._index), iterations=snap.iteration, final_losses=snap.losses)
+            layer.metadata["napari_selfseg"]["params"] = dict(snap.params)
+
+    def _failed(self, err: Exception) -> None:
+        show_error(f"{self.method.title} failed: {err}")
+        self.status.setText(f"Failed: {err}")
+
+    def _finished(self) -> None:
+        self.worker = None
+        self._set_running(False)
+        if self._progress is not None:
+            self._progress.close()
+            self._progress = None
+
+    def toggle_pause(self) -> None:
+        if self.training is None or self.worker is None:
+            return
+        if self.training.paused:
+            self.training.resume()
+            self.pause_button.setText("Pause")
+        else:
+            self.training.pause()
+            self.pause_button.setText("Resume")
+
+    def stop(self) -> None:
+        """Stop training; the final full-resolution frame is still computed and shown."""
+        if self.training is not None and self.worker is not None:
+            self.training.stop()
+            self.status.setText("Stopping…")
+
+    def cancel(self, wait: bool = False) -> None:
+        """Abandon a running training without a final frame (closing the panel or viewer).
+
+        ``wait`` blocks (up to 5 s) until the worker thread has ended, for teardown.
+        """
+        if self.training is not None:
+            self.training.cancel()
+        worker = self.worker
+        if worker is not None:
+            worker.quit()
+            if wait:
+                worker.await_workers(5000)
+
+    def _set_running(self, running: bool) -> None:
+        self.train_button.setEnabled(not running)
+        self.pause_button.setEnabled(running)
+        self.pause_button.setText("Pause")
+        self.stop_button.setEnabled(running)
+        self.form.set_training(running)
+        for box in (self.image_box, self.scribble_box, self.preset_box, self.device_box, self.seed_box):
+            box.enabled = not running
+        image = self.image_box.value
+        stack = image is not None and len(spatial_shape(image)) > 2
+        trained = self.training is not None and self.training.trainer is not None
+        self.apply_button.setVisible(stack)
+        self.apply_button.setEnabled(stack and trained and not running)
+
+    # -- after training -------------------------------------------------------------------------
+    def label_all_slices(self) -> None:
+        """Label every plane of the stack with the trained network, in a worker, streaming planes."""
+        image_layer, run, layer = self.image_box.value, self.training, self.labels_layer
+        if image_layer is None or run is None or run.trainer is None or self.worker is not None:
+            return
+        shape = spatial_shape(image_layer)
+        planes = list(np.ndindex(*shape[:-2]))
+
+        def label_planes():
+            for index in planes:
+                yield index, run.predict(image_plane(image_layer, index), rgb=image_layer.rgb)
+
+        def write(item):
+            index, labels = item
+            if layer in self.viewer.layers:
+                write_plane(layer, index, labels)
+
+        self.worker = create_worker(label_planes, _start_thread=False,
+                                    _progress={"total": len(planes), "desc": "Labelling slices"})
+        self.worker.yielded.connect(write)
+        self.worker.errored.connect(self._failed)
+        self.worker.finished.connect(self._finished)
+        self._set_running(True)
+        self.worker.start()
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def _layer_removed(self, event) -> None:
+        removed = event.value
+        if removed is self.labels_layer:
+            self.labels_layer = None  # frames still arriving are dropped; the next Train adds a new one
+        elif self.worker is not None and removed is self.image_box.value:
+            self.cancel()
+            show_info(f"{self.method.title}: the image was removed, training cancelled")
+
+    def showEvent(self, event) -> None:  # noqa: N802 (Qt's name)
+        window = self.window()
+        if window is not self and window is not self._window:
+            window.installEventFilter(self)
+            self._window = window
+        super().showEvent(event)
+
+    def eventFilter(self, obj, event) -> bool:  # noqa: N802 (Qt's name)
+        if obj is self._window and event.type() == QEvent.Type.Close:
+            self.cancel(wait=True)
+        return False
+
+    def closeEvent(self, event) -> None:  # noqa: N802 (Qt's name)
+        self.cancel(wait=True)
+        super().closeEvent(event)
+
+
+def _labelled(widget) -> QWidget:
+    """A magicgui widget with its label on the left, as a plain Qt row."""
+    row = QWidget()
+    layout = QHBoxLayout(row)
+    layout.setContentsMargins(0, 0, 0, 0)
+    label = QLabel(widget.label)
+    label.setMinimumWidth(70)
+    label.setToolTip(widget.tooltip or "")
+    layout.addWidget(label)
+    layout.addWidget(widget.native, 1)
+    return row

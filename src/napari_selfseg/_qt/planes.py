@@ -1,0 +1,45 @@
+"""Which 2D plane of a layer the user is looking at, and writing label planes back (GUI thread only)."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def spatial_shape(layer) -> tuple[int, ...]:
+    """Shape of a napari Image layer without its RGB(A) axis (full resolution if multiscale)."""
+    data = layer.data[0] if layer.multiscale else layer.data
+    return tuple(data.shape[:-1]) if layer.rgb else tuple(data.shape)
+
+
+def displayed_index(viewer, layer) -> tuple[int, ...]:
+    """Index of the displayed 2D plane in ``layer``'s data: one integer per leading (non-YX) axis."""
+    shape = spatial_shape(layer)
+    lead = len(shape) - 2
+    if lead <= 0:
+        return ()
+    point = np.asarray(viewer.dims.point)[-len(shape):]
+    data_point = np.asarray(layer.world_to_data(point))
+    index = np.clip(np.round(data_point[:lead]).astype(int), 0, np.asarray(shape[:lead]) - 1)
+    return tuple(int(i) for i in index)
+
+
+def image_plane(layer, index: tuple[int, ...]) -> np.ndarray:
+    """The ``(Y, X)`` or ``(Y, X, C)`` plane at ``index`` as a numpy array (reads only that plane of lazy data)."""
+    data = layer.data[0] if layer.multiscale else layer.data
+    return np.asarray(data[index])
+
+
+def label_plane(layer, index: tuple[int, ...], shape: tuple[int, ...]) -> np.ndarray | None:
+    """The plane at ``index`` of a Labels layer when it matches the image's spatial ``shape``, else None."""
+    data = np.asarray(layer.data)
+    if data.shape == shape:
+        return data[index]
+    if data.shape == shape[-2:]:  # a 2D scribble layer drawn over a stack
+        return data
+    return None
+
+
+def write_plane(layer, index: tuple[int, ...], labels: np.ndarray) -> None:
+    """Write a label plane into a Labels layer in place and redraw (no validation, no undo history)."""
+    plane = layer.data[index] if index else layer.data
+    plane[...] = labels
+    layer.refresh()

@@ -1,0 +1,119 @@
+"""The headless API: the same engine the panels use, as plain functions."""
+from __future__ import annotations
+
+import platform
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+import torch
+
+from . import __version__
+from .engine import Snapshot, StopRules, Training
+from .imageprep import InputError
+from .methods import get_method, list_methods  # noqa: F401  (re-exported)
+from .params import make_params
+
+
+def resolve_params(method: str, preset: str | None = None, params: Mapping[str, Any] | None = None):
+    """A method's validated parameter instance: defaults, then a named preset, then ``params``."""
+    spec = get_method(method)
+    if preset is not None and preset not in spec.presets:
+        raise ValueError(f"{method} has no preset {preset!r}; presets: {', '.join(spec.presets) or 'none'}")
+    base = make_params(spec.params, spec.presets.get(preset, {}) if preset else {})
+    return make_params(spec.params, params or {}, base=base)
+
+
+def training(
+    image: np.ndarray,
+    method: str = "feature-clustering",
+    *,
+    preset: str | None = None,
+    scribbles: np.ndarray | None = None,
+    device: str = "auto",
+    seed: int = 0,
+    max_seconds: float | None = None,
+    max_fps: float = 30.0,
+    threads: int | None = None,
+    rgb: bool | None = None,
+    **params: Any,
+) -> Training:
+    """A ready-to-run :class:`~napari_selfseg.engine.Training` of ``method`` on a 2D ``image``.
+
+    ``image`` is ``(Y, X)`` or ``(Y, X, 3|4)``; ``params`` override the method's (or ``preset``'s) values.
+    """
+    spec = get_method(method)
+    values = resolve_params(method, preset, params)
+    rules: StopRules = spec.stop_rules(values)
+    if max_seconds is not None:
+        rules.max_seconds = max_seconds
+    return Training(spec, image, values, rgb=rgb, scribbles=scribbles, device=device, seed=seed,
+                    stop_rules=rules, max_fps=max_fps, threads=threads)
+
+
+def iter_segment(image: np.ndarray, method: str = "feature-clustering", **kwargs: Any) -> Iterator[Snapshot]:
+    """Generator form of :func:`segment`: throttled snapshots, the last one with ``final=True``."""
+    return training(image, method, **kwargs).snapshots()
+
+
+def segment(image: np.ndarray, method: str = "feature-clustering", **kwargs: Any) -> np.ndarray:
+    """Segment ``image`` and return its label map.
+
+    ``image``: ``(Y, X)``, ``(Y, X, 3|4)``, or a volume ``(Z, Y, X)``; for a volume the network is
+    trained on the middle slice (or ``train_slice``) and then labels every slice, so a cluster has the
+    same id in all of them. Returns labels of the image's spatial shape, ids from 1 (uint8/uint16).
+    Keyword arguments are those of :func:`training` plus the method's parameters.
+    """
+    image = np.asarray(image)
+    train_slice = kwargs.pop("train_slice", None)
+    if is_volume(image, kwargs.get("rgb")):
+        return segment_volume(image, method, train_slice=train_slice, **kwargs)
+    kwargs.setdefault("max_fps", 0)
+    run = training(image, method, **kwargs)
+    final = None
+    for final in run.snapshots():
+        pass
+    return final.labels
+
+
+def is_volume(image: np.ndarray, rgb: bool | None = None) -> bool:
+    """True for ``(Z, Y, X)`` (and ``(Z, Y, X, 3|4)`` colour) stacks."""
+    colour = image.ndim >= 3 and (rgb if rgb is not None else image.shape[-1] in (3, 4))
+    return image.ndim - int(colour) == 3
+
+
+def segment_volume(volume: np.ndarray, method: str = "feature-clustering", *, train_slice: int | None = None,
+                   **kwargs: Any) -> np.ndarray:
+    """Train on one slice of a ``(Z, Y, X[, C])`` volume, then label every slice with the same network.
+
+    Why per slice and not 3D convolutions: a 2D network trained on one slice costs Z times less per
+    step, labels the neighbouring slices well, and keeps cluster ids consistent across the stack.
+    """
+    if volume.shape[0] == 0:
+        raise InputError("the volume has no slices")
+    z = volume.shape[0] // 2 if train_slice is None else int(train_slice)
+    if not 0 <= z < volume.shape[0]:
+        raise InputError(f"train_slice {z} is outside the volume's {volume.shape[0]} slices")
+    kwargs.setdefault("max_fps", 0)
+    run = training(volume[z], method, **kwargs)
+    for _ in run.snapshots():
+        pass
+    slices = [run.predict(volume[i], rgb=kwargs.get("rgb")) for i in range(volume.shape[0])]
+    labels = np.stack(slices)
+    return labels.astype(np.result_type(*[s.dtype for s in slices]), copy=False)
+
+
+def provenance(run: Training, **extra: Any) -> dict[str, Any]:
+    """What produced a label map: method, parameters, seed, device, version, stop reason (JSON-able)."""
+    import dataclasses
+
+    return {
+        "method": run.method.id,
+        "params": dataclasses.asdict(run.params),
+        "seed": run.seed,
+        "device": str(run.device),
+        "stop_reason": run.stop_reason,
+        "napari_selfseg_version": __version__,
+        "torch_version": torch.__version__,
+        "python": platform.python_version(),
+        **extra,
+    }

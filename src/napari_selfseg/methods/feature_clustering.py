@@ -1,0 +1,172 @@
+"""Unsupervised segmentation by differentiable feature clustering.
+
+Kanezaki, "Unsupervised image segmentation by backpropagation", ICASSP 2018 (SLIC superpixel
+refinement); Kim, Kanezaki and Tanaka, "Unsupervised learning of image segmentation based on
+differentiable feature clustering", IEEE TIP 2020 (spatial-continuity loss, scribbles, no-BN ablation).
+
+A small CNN maps the image to ``q`` responses; each pixel's cluster is the argmax of its batch-normalised
+response, and the network is trained to agree with its own argmax (feature similarity, weight ``theta``)
+while neighbouring responses stay alike (spatial continuity, weight ``mu``). Clusters merge as training
+goes on; training stops when at most ``min_labels`` remain.
+
+Speed: training runs on a downsampled copy (``scale``) and the trained network then labels the image
+at full resolution in one forward pass, which both saves time and sharpens boundaries.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from skimage.segmentation import slic
+
+from ..engine import Method, StopRules, TrainContext
+from ..losses import self_label_cross_entropy, spatial_continuity
+from ..nn import ResponseNet
+from ..params import param
+
+
+@dataclass
+class FeatureClusteringParams:
+    """Parameters of feature clustering; the defaults are the fast interactive setting."""
+
+    theta: float = param(1.0, low=0.0, high=10.0, step=0.1,
+                         help="Weight of the feature-similarity loss (cross-entropy against the argmax labels)")
+    mu: float = param(2.0, low=0.0, high=20.0, step=0.1,
+                      help="Weight of the spatial-continuity loss: higher gives smoother, fewer regions")
+    min_labels: int = param(4, low=1, high=100, step=1, label="min clusters",
+                            help="Stop when at most this many clusters remain")
+    max_iterations: int = param(200, low=1, high=5000, step=10,
+                                help="Stop after this many optimisation steps")
+    learning_rate: float = param(0.1, low=1e-4, high=1.0, log=True,
+                                 help="SGD learning rate (momentum 0.9)")
+    scribble_weight: float = param(0.5, low=0.0, high=10.0, step=0.1,
+                                   help="Weight of the cross-entropy on scribbled pixels (Kim et al. 2020)")
+    channels: int = param(32, low=4, high=256, step=4, live=False,
+                          help="Feature channels p and maximum cluster count q (paper: 100)")
+    conv_layers: int = param(2, low=1, high=6, step=1, live=False,
+                             help="Number of 3x3 conv -> ReLU -> BN components M (paper: 2)")
+    scale: float = param(0.5, low=0.1, high=1.0, step=0.05, live=False,
+                         help="Train on the image resized by this factor, then label it at full resolution")
+    batch_norm: bool = param(True, live=False, help="Batch normalisation (off = the no-BN ablation of Kim 2020)")
+    superpixels: bool = param(False, live=False,
+                              help="SLIC superpixel refinement: each superpixel's majority label is the target "
+                                   "(Kanezaki 2018)")
+    n_superpixels: int = param(1000, low=10, high=20000, step=10, live=False, advanced=True,
+                               help="Number of SLIC superpixels")
+    compactness: float = param(10.0, low=0.1, high=1000.0, live=False, advanced=True,
+                               help="SLIC compactness: higher gives squarer superpixels")
+
+
+PRESETS = {
+    "interactive": {},
+    "paper": {"mu": 1.0, "min_labels": 3, "max_iterations": 1000, "channels": 100, "scale": 1.0},
+}
+
+
+def _stop_rules(params: FeatureClusteringParams) -> StopRules:
+    return StopRules(max_iterations=params.max_iterations, min_clusters=params.min_labels)
+
+
+def _to_tensor(image: np.ndarray, device: torch.device, scale: float) -> torch.Tensor:
+    """``(Y, X, C)`` float image -> ``(1, C, y, x)`` tensor, area-downsampled by ``scale``."""
+    x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None].to(device)
+    if scale < 1.0:
+        size = [max(2, round(s * scale)) for s in image.shape[:2]]
+        x = F.interpolate(x, size=size, mode="area")
+    return x
+
+
+class FeatureClusteringTrainer:
+    """One network trained on one image; see the module docstring."""
+
+    done = False
+
+    def __init__(self, ctx: TrainContext):
+        self.ctx = ctx
+        p = ctx.params
+        self.x = _to_tensor(ctx.image, ctx.device, p.scale)
+        h, w = self.x.shape[-2:]
+        self.model = ResponseNet(self.x.shape[1], p.channels, p.channels, p.conv_layers, p.batch_norm).to(ctx.device)
+        self.optimiser = torch.optim.SGD(self.model.parameters(), lr=p.learning_rate, momentum=0.9)
+        self.superpixels = self._superpixels(h, w) if p.superpixels else None
+        self.scribbles, self.scribble_mask = self._scribbles(h, w)
+        self.target = torch.zeros((1, h, w), dtype=torch.long, device=ctx.device)
+
+    def _superpixels(self, h: int, w: int) -> torch.Tensor:
+        p = self.ctx.params
+        small = self.x[0].permute(1, 2, 0).cpu().numpy()
+        segments = slic(small, n_segments=p.n_superpixels, compactness=p.compactness, start_label=0,
+                        channel_axis=-1 if small.shape[-1] > 1 else None)
+        return torch.from_numpy(segments.reshape(-1).astype(np.int64)).to(self.ctx.device)
+
+    def _scribbles(self, h: int, w: int):
+        """Scribble classes resized to the training grid: ``(1, h, w)`` targets and a bool mask."""
+        if self.ctx.scribbles is None or not np.any(self.ctx.scribbles > 0):
+            return None, None
+        s = torch.from_numpy(np.asarray(self.ctx.scribbles, dtype=np.int64))[None, None].float()
+        s = F.interpolate(s, size=(h, w), mode="nearest")[0].long().to(self.ctx.device)
+        _, classes = torch.unique(s, return_inverse=True)  # scribble ids -> 0..k (0 = unlabelled)
+        mask = s > 0
+        return (classes - 1).clamp(min=0), mask
+
+    def _targets(self, response: torch.Tensor) -> torch.Tensor:
+        target = response.argmax(1)  # (1, h, w)
+        if self.superpixels is not None:
+            q = response.shape[1]
+            flat = target.reshape(-1)
+            votes = torch.bincount(self.superpixels * q + flat, minlength=int(self.superpixels.max() + 1) * q)
+            majority = votes.reshape(-1, q).argmax(1)
+            target = majority[self.superpixels].reshape(target.shape)
+        return target
+
+    def step(self) -> dict[str, torch.Tensor]:
+        p = self.ctx.params
+        for group in self.optimiser.param_groups:
+            group["lr"] = p.learning_rate
+        self.model.train()
+        with self.ctx.autocast():
+            response = self.model(self.x)
+        response = response.float()
+        target = self._targets(response.detach())
+        self.target = target
+        free = None if self.scribble_mask is None else ~self.scribble_mask
+        similarity = self_label_cross_entropy(response, target, free)
+        continuity = spatial_continuity(response)
+        loss = p.theta * similarity + p.mu * continuity
+        losses = {"similarity": similarity.detach(), "continuity": continuity.detach()}
+        if self.scribbles is not None:
+            scribble = self_label_cross_entropy(response, self.scribbles, self.scribble_mask)
+            loss = loss + p.scribble_weight * scribble
+            losses["scribbles"] = scribble.detach()
+        self.optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimiser.step()
+        return losses
+
+    def current(self) -> np.ndarray:
+        return self.target[0].cpu().numpy()
+
+    @torch.no_grad()
+    def predict(self, image: np.ndarray) -> np.ndarray:
+        """Cluster ids of a prepared ``(Y, X, C)`` image by the trained network, at full resolution."""
+        self.model.train()  # batch statistics, as during training: the responses stay normalised
+        with self.ctx.autocast():
+            response = self.model(_to_tensor(image, self.ctx.device, 1.0))
+        return response.argmax(1)[0].cpu().numpy()
+
+    def finish(self) -> np.ndarray:
+        return self.predict(self.ctx.image)
+
+
+METHOD = Method(
+    id="feature-clustering",
+    title="Feature clustering",
+    params=FeatureClusteringParams,
+    build=FeatureClusteringTrainer,
+    description=__doc__.split("\n\n")[0],
+    uses_scribbles=True,
+    stop_rules=_stop_rules,
+    presets=PRESETS,
+)
