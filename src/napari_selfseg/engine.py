@@ -185,6 +185,10 @@ class Training:
         self.device = resolve_device(device)
         self.seed = int(seed)
         self.stop_rules = stop_rules if stop_rules is not None else method.stop_rules(params)
+        if scribbles is not None and method.uses_scribbles and np.any(scribbles > 0):
+            # with scribbles the user has said how many classes there are: the label count follows them
+            classes = len(np.unique(scribbles[scribbles > 0]))
+            self.stop_rules = dataclasses.replace(self.stop_rules, min_clusters=classes)
         self.max_fps = max_fps
         self.threads = threads
         self.check_every = check_every or (1 if self.device.type == "cpu" else 10)
@@ -262,7 +266,7 @@ class Training:
         rules = self.stop_rules
         start = time.perf_counter()
         paused_for = 0.0
-        min_gap = 1.0 / self.max_fps if self.max_fps else math.inf
+        min_gap = 1.0 / self.max_fps if self.max_fps else None  # None: only the final frame
         last_emit = -math.inf
         shown: np.ndarray | None = None  # the last emitted labels, to keep ids stable
         previous: np.ndarray | None = None
@@ -294,7 +298,7 @@ class Training:
             if reason is None and rules.max_seconds is not None and elapsed >= rules.max_seconds:
                 reason = "time budget"
             now = time.perf_counter()
-            if reason is None and now - last_emit >= min_gap:
+            if reason is None and min_gap is not None and now - last_emit >= min_gap:
                 labels = self._display_labels(current if current is not None else trainer.current(), shown)
                 shown = labels
                 last_emit = now
