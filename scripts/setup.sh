@@ -22,7 +22,9 @@ fi
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 . .venv/bin/activate
-python -m pip install -q --upgrade pip
+# pip's config on these machines names local indexes that may be absent: silence those warnings only
+pipq() { python -m pip install -q "$@" 2> >(grep -v "is ignored: it is neither" >&2); }
+pipq --upgrade pip
 # torch first and pinned: the CPU wheel on disk. Users with a GPU install a CUDA build instead.
-python -c "import torch" 2>/dev/null || python -m pip install -q "torch==2.13.0"
-python -m pip install -q -e ".[all,testing]"
+python -c "import torch" 2>/dev/null || pipq "torch==2.13.0"
+pipq -e ".[all,testing]"

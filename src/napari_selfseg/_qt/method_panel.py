@@ -36,6 +36,7 @@ class MethodPanel(QWidget):
         self.training: Training | None = None
         self.worker = None
         self.labels_layer: Labels | None = None
+        self.image_layer: Image | None = None  # the layer the current training reads
         self._index: tuple[int, ...] = ()
         self._progress = None
         self._started = 0.0
@@ -170,6 +171,7 @@ class MethodPanel(QWidget):
         image_layer = self.image_box.value
         if image_layer is None:
             raise InputError("open an image first (File > Open, or File > Open Sample > napari-selfseg)")
+        self.image_layer = image_layer
         index = displayed_index(self.viewer, image_layer)
         plane = image_plane(image_layer, index)
         scribbles = self._scribbles(image_layer, index)
@@ -218,7 +220,7 @@ class MethodPanel(QWidget):
                             f"{rate:.1f} it/s, {snap.elapsed:.1f} s")
         if snap.final and layer is not None:
             layer.metadata["napari_selfseg"] = api.provenance(
-                self.training, image=self.image_box.value.name if self.image_box.value else None,
+                self.training, image=self.image_layer.name,
                 plane_index=list(self._index), iterations=snap.iteration, final_losses=snap.losses)
             layer.metadata["napari_selfseg"]["params"] = dict(snap.params)
 
@@ -279,7 +281,7 @@ class MethodPanel(QWidget):
     # -- after training -------------------------------------------------------------------------
     def label_all_slices(self) -> None:
         """Label every plane of the stack with the trained network, in a worker, streaming planes."""
-        image_layer, run, layer = self.image_box.value, self.training, self.labels_layer
+        image_layer, run, layer = self.image_layer, self.training, self.labels_layer
         if image_layer is None or run is None or run.trainer is None or self.worker is not None:
             return
         shape = spatial_shape(image_layer)
@@ -307,7 +309,7 @@ class MethodPanel(QWidget):
         removed = event.value
         if removed is self.labels_layer:
             self.labels_layer = None  # frames still arriving are dropped; the next Train adds a new one
-        elif self.worker is not None and removed is self.image_box.value:
+        elif self.worker is not None and removed is self.image_layer:
             self.cancel()
             show_info(f"{self.method.title}: the image was removed, training cancelled")
 

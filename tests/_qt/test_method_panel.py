@@ -1,0 +1,122 @@
+"""The generic panel as a user drives it: real viewer, real worker thread, under Xvfb."""
+import numpy as np
+import pytest
+from qtpy.QtCore import QThreadPool
+
+from napari_selfseg._qt import FeatureClusteringPanel
+
+from ..conftest import regions_image
+
+pytestmark = pytest.mark.gui
+FAST = {"channels": 16, "scale": 1.0, "max_iterations": 400, "min_labels": 1, "mu": 2.0}
+
+
+@pytest.fixture
+def panel(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    image, _ = regions_image(64)
+    viewer.add_image(image, name="regions", rgb=True)
+    widget = FeatureClusteringPanel(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.form.set_values(FAST)
+    yield widget
+    widget.cancel(wait=True)
+
+
+def wait_idle(qtbot, panel, timeout=60000):
+    qtbot.waitUntil(lambda: panel.worker is None, timeout=timeout)
+
+
+def test_train_streams_frames_into_one_labels_layer(panel, qtbot):
+    panel.form.set_values({"max_iterations": 40})
+    frames = []
+    panel.train_button.click()
+    panel.worker.yielded.connect(frames.append)
+    wait_idle(qtbot, panel)
+    layer = panel.labels_layer
+    assert layer is not None and layer.name == "regions feature clustering"
+    assert layer.data.shape == (64, 64) and len(np.unique(layer.data)) > 1
+    assert frames and frames[-1].final
+    assert np.array_equal(layer.data, frames[-1].labels)
+    meta = layer.metadata["napari_selfseg"]
+    assert meta["method"] == "feature-clustering" and meta["params"]["channels"] == 16 and "seed" in meta
+    assert panel.train_button.isEnabled()
+    assert QThreadPool.globalInstance().waitForDone(5000)  # no leaked worker thread
+
+
+def test_slider_moved_mid_run_is_honoured(panel, qtbot):
+    frames = []
+    panel.train_button.click()
+    panel.worker.yielded.connect(frames.append)
+    qtbot.waitUntil(lambda: len(frames) >= 1, timeout=30000)
+    panel.form.widgets["mu"].value = 7.0
+    assert panel.training.params.mu == 7.0
+    count = len(frames)
+    qtbot.waitUntil(lambda: len(frames) > count + 1, timeout=30000)
+    assert frames[-1].params["mu"] == 7.0
+    assert not panel.form.widgets["channels"].enabled  # fixed once training starts
+    panel.stop()
+    wait_idle(qtbot, panel)
+
+
+def test_stop_mid_run_leaves_a_consistent_layer(panel, qtbot):
+    frames = []
+    panel.train_button.click()
+    panel.worker.yielded.connect(frames.append)
+    qtbot.waitUntil(lambda: len(frames) >= 2, timeout=30000)
+    panel.stop()
+    wait_idle(qtbot, panel)
+    assert frames[-1].final and frames[-1].stop_reason == "stopped"
+    assert np.array_equal(panel.labels_layer.data, frames[-1].labels)
+    assert panel.train_button.isEnabled() and not panel.stop_button.isEnabled()
+
+
+def test_pause_and_resume(panel, qtbot):
+    frames = []
+    panel.train_button.click()
+    panel.worker.yielded.connect(frames.append)
+    qtbot.waitUntil(lambda: len(frames) >= 1, timeout=30000)
+    panel.toggle_pause()
+    assert panel.training.paused and panel.pause_button.text() == "Resume"
+    qtbot.wait(300)
+    count = len(frames)
+    qtbot.wait(300)
+    assert len(frames) == count  # nothing trains while paused
+    panel.toggle_pause()
+    qtbot.waitUntil(lambda: len(frames) > count, timeout=30000)
+    panel.stop()
+    wait_idle(qtbot, panel)
+
+
+def test_no_image_gives_a_message_not_a_crash(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    widget = FeatureClusteringPanel(viewer)
+    widget.train_button.click()
+    assert widget.worker is None and "open an image" in widget.status.text()
+
+
+def test_stack_trains_on_the_displayed_slice_then_labels_all(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    image, _ = regions_image(48)
+    stack = np.stack([image.mean(-1)] * 4).astype(np.float32)
+    viewer.add_image(stack, name="stack")
+    viewer.dims.set_current_step(0, 2)
+    widget = FeatureClusteringPanel(viewer)
+    widget.form.set_values({**FAST, "max_iterations": 30})
+    widget.train_button.click()
+    wait_idle(qtbot, widget)
+    data = widget.labels_layer.data
+    assert data.shape == stack.shape and data[2].max() > 0 and data[0].max() == 0
+    assert widget.apply_button.isEnabled()
+    widget.apply_button.click()
+    wait_idle(qtbot, widget)
+    assert all(widget.labels_layer.data[z].max() > 0 for z in range(4))
+    assert np.array_equal(widget.labels_layer.data[0], widget.labels_layer.data[2])
+
+
+def test_removing_the_image_cancels_training(panel, qtbot):
+    panel.train_button.click()
+    qtbot.waitUntil(lambda: panel.training is not None and panel.worker is not None, timeout=10000)
+    panel.viewer.layers.remove("regions")
+    wait_idle(qtbot, panel)
+    assert panel.training.stop_reason == "cancelled"
