@@ -24,6 +24,7 @@ import torch
 from .imageprep import InputError, prepare_image
 from .labelmaps import canonical_labels, match_labels, resize_labels, smallest_dtype
 from .params import make_params
+from .postprocess import postprocess
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -170,7 +171,6 @@ class Training:
         threads: int | None = None,
         mixed_precision: bool = True,
         check_every: int | None = None,
-        postprocess: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
     ):
         self.method = method
         if params is None or isinstance(params, Mapping):
@@ -192,7 +192,6 @@ class Training:
         self.max_fps = max_fps
         self.threads = threads
         self.check_every = check_every or (1 if self.device.type == "cpu" else 10)
-        self.postprocess = postprocess
         self._ctx = TrainContext(self.image, params, self.device, self.seed, scribbles, mixed_precision)
         self._lock = threading.Lock()
         self._pending: Any = None
@@ -306,8 +305,7 @@ class Training:
         raw = np.asarray(trainer.finish())
         final = match_labels(raw, shown) if shown is not None else canonical_labels(raw)
         self._remember_ids(raw, final)
-        if self.postprocess is not None:
-            final = self.postprocess(final, self.image)
+        final = postprocess(final, self._ctx.params)
         self.trainer = trainer
         self.stop_reason = reason
         elapsed = time.perf_counter() - start - paused_for
@@ -331,9 +329,7 @@ class Training:
         for r, f in self._id_map.items():
             if r < len(lookup):
                 lookup[r] = f
-        labels = lookup[raw]
-        if self.postprocess is not None:
-            labels = self.postprocess(labels, prepare_image(image, rgb))
+        labels = postprocess(lookup[raw], self._ctx.params)
         return labels.astype(smallest_dtype(int(labels.max(initial=0))), copy=False)
 
     def _check_rules(self, rules, iteration, elapsed, current, previous, unchanged):
@@ -349,7 +345,7 @@ class Training:
         return None, unchanged
 
     def _display_labels(self, current: np.ndarray, shown: np.ndarray | None) -> np.ndarray:
-        labels = resize_labels(current, self.image.shape[:2])
+        labels = postprocess(resize_labels(current, self.image.shape[:2]), self._ctx.params)
         return match_labels(labels, shown) if shown is not None else canonical_labels(labels)
 
     def _snapshot(self, iteration, losses, labels, elapsed, final=False, reason=None) -> Snapshot:

@@ -30,6 +30,7 @@ class ParamSpec:
     log: bool = False  # a log-scale slider (learning rates)
     choices: tuple[Any, ...] | None = None
     advanced: bool = False  # folded away in the panel
+    group: str = ""  # a named group (e.g. "post-processing") is listed after the method's own fields
 
     @property
     def is_bool(self) -> bool:
@@ -52,10 +53,11 @@ def param(
     choices: tuple[Any, ...] | None = None,
     label: str | None = None,
     advanced: bool = False,
+    group: str = "",
 ) -> Any:
     """Declare a dataclass field with its range and help text (used like ``dataclasses.field``)."""
     meta = dict(help=help, low=low, high=high, step=step, live=live, log=log, choices=choices,
-                label=label, advanced=advanced)
+                label=label, advanced=advanced, group=group)
     return dataclasses.field(default=default, metadata={_META_KEY: meta})
 
 
@@ -68,7 +70,7 @@ def param_specs(params_cls: type) -> list[ParamSpec]:
         label = meta.pop("label", None) or f.name.replace("_", " ")
         meta.setdefault("help", "")
         specs.append(ParamSpec(name=f.name, type=hints[f.name], default=f.default, label=label, **meta))
-    return specs
+    return sorted(specs, key=lambda s: s.group != "")  # stable: declaration order within each part
 
 
 def _coerce(spec: ParamSpec, value: Any) -> Any:

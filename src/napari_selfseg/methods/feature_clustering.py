@@ -25,10 +25,11 @@ from ..engine import Method, StopRules, TrainContext
 from ..losses import self_label_cross_entropy, spatial_continuity
 from ..nn import ResponseNet
 from ..params import param
+from ..postprocess import PostprocessParams
 
 
 @dataclass
-class FeatureClusteringParams:
+class FeatureClusteringParams(PostprocessParams):
     """Parameters of feature clustering; the defaults are the fast interactive setting."""
 
     theta: float = param(1.0, low=0.0, high=10.0, step=0.1,
