@@ -1,0 +1,113 @@
+"""``python -m benchmarks``: quality on ../shared/data and speed, printed as tables, optionally written
+into BENCHMARKS.md (each run replaces its own section).
+
+    python -m benchmarks quality --methods feature-clustering kmeans --data bsds500 ph2 [--limit N] [--write]
+    python -m benchmarks quality --quick          # a few images per set: the CI smoke test
+    python -m benchmarks speed [--write]
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from pathlib import Path
+
+from . import datasets
+
+BENCHMARKS_MD = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
+# What each method is compared with by default, and its parameters in the quality runs.
+DEFAULT_METHODS = ["feature-clustering", "kmeans"]
+METHOD_PARAMS = {"kmeans": {"k": 3}}
+
+
+def _args(argv):
+    ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True)
+    q = sub.add_parser("quality", help="scores on the evaluation data with each set's protocol")
+    q.add_argument("--methods", nargs="+", default=DEFAULT_METHODS)
+    q.add_argument("--data", nargs="+", default=list(datasets.NAMES), choices=datasets.NAMES)
+    q.add_argument("--limit", type=int, default=None, help="first N images of each set")
+    q.add_argument("--quick", action="store_true", help="2 images per set, no border variants")
+    q.add_argument("--set", dest="assignments", action="append", default=[], metavar="METHOD:KEY=VALUE")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--threads", type=int, default=1)
+    q.add_argument("--device", default="cpu")
+    q.add_argument("--write", action="store_true", help="write the table into BENCHMARKS.md")
+    q.add_argument("--section", default=None, help="BENCHMARKS.md section name (default from the methods)")
+    s = sub.add_parser("speed", help="first frame, final segmentation, headless vs streamed throughput")
+    s.add_argument("--method", default="feature-clustering")
+    s.add_argument("--iterations", type=int, default=60)
+    s.add_argument("--paper-budget", type=float, default=60.0, help="seconds the paper setting may run")
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--write", action="store_true")
+    return ap.parse_args(argv)
+
+
+def _method_params(methods, assignments):
+    from napari_selfseg.params import parse_assignments
+
+    params = {m: dict(METHOD_PARAMS.get(m, {})) for m in methods}
+    for item in assignments:
+        method, _, pair = item.partition(":")
+        if method not in params:
+            raise SystemExit(f"--set {item}: method {method!r} is not among --methods")
+        params[method].update(parse_assignments([pair]))
+    return params
+
+
+def machine() -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    import os
+
+    return (f"{time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPU cores ({cpu}), Python {platform.python_version()}, "
+            f"torch {torch.__version__}, CUDA {'yes: ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no'}")
+
+
+def write_section(name: str, body: str, path: Path = BENCHMARKS_MD) -> None:
+    """Replace (or append) the block between this section's markers in BENCHMARKS.md."""
+    from napari_selfseg.io import atomic_path
+
+    begin, end = f"<!-- BEGIN {name} -->", f"<!-- END {name} -->"
+    block = f"{begin}\n{body}\n{end}"
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + block + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip("\n") + f"\n\n{block}\n"
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def main(argv=None) -> int:
+    args = _args(argv)
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    if args.command == "quality":
+        from . import quality
+
+        limit = 2 if args.quick and args.limit is None else args.limit
+        methods = _method_params(args.methods, args.assignments)
+        results = quality.run(methods, args.data, limit, seed=args.seed, threads=args.threads,
+                              device=args.device, border=not args.quick, log=log)
+        body = quality.table(results, args.device)
+        section = args.section or "quality " + " ".join(args.methods)
+        command = "python -m benchmarks " + " ".join(argv if argv is not None else sys.argv[1:])
+    else:
+        from . import speed
+
+        body = speed.run(args.method, args.iterations, args.paper_budget, args.device, log=log)
+        section = f"speed {args.method}"
+        command = "python -m benchmarks " + " ".join(argv if argv is not None else sys.argv[1:])
+    report = f"Measured {machine()}.\nCommand: `{command}`\n\n{body}"
+    print(report)
+    if getattr(args, "write", False):
+        write_section(section, report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
