@@ -153,3 +153,21 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
         else:
             paths.append(p)
     return paths
+
+
+def napari_write_labels(path: str, data: Any, meta: dict) -> list[str]:
+    """napari writer for Labels layers: TIFF in the smallest unsigned type that holds the ids (napari's
+    own writer widens to 32 bits), plus a JSON sidecar with the layer's napari-selfseg provenance."""
+    labels = np.asarray(data)
+    if labels.size and labels.min() < 0:
+        raise ValueError("labels with negative ids cannot be written as unsigned TIFF")
+    from .labelmaps import smallest_dtype
+
+    target = Path(path)
+    if suffix_of(target) not in (".tif", ".tiff"):
+        target = target.with_suffix(".tif")
+    written = [str(write_labels(target, labels.astype(smallest_dtype(int(labels.max(initial=0))))))]
+    record = (meta.get("metadata") or {}).get("napari_selfseg")
+    if record:
+        written.append(str(write_json(target.with_suffix(".json"), record)))
+    return written

@@ -1,4 +1,6 @@
 """The generic panel as a user drives it: real viewer, real worker thread, under Xvfb."""
+import json
+
 import numpy as np
 import pytest
 from qtpy.QtCore import QThreadPool
@@ -120,3 +122,16 @@ def test_removing_the_image_cancels_training(panel, qtbot):
     panel.viewer.layers.remove("regions")
     wait_idle(qtbot, panel)
     assert panel.training.stop_reason == "cancelled"
+
+
+def test_saved_labels_layer_reads_back(panel, qtbot, tmp_path):
+    import tifffile
+
+    panel.form.set_values({"max_iterations": 20})
+    panel.train_button.click()
+    wait_idle(qtbot, panel)
+    paths = panel.labels_layer.save(str(tmp_path / "labels.tif"), plugin="napari-selfseg")
+    saved = tifffile.imread(tmp_path / "labels.tif")
+    assert saved.dtype in (np.uint8, np.uint16) and np.array_equal(saved, panel.labels_layer.data)
+    sidecar = json.loads((tmp_path / "labels.json").read_text())
+    assert sidecar["method"] == "feature-clustering" and len(paths) == 2

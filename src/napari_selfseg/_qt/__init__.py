@@ -3,6 +3,7 @@ from napari.viewer import Viewer
 
 from ..methods import get_method
 from .method_panel import MethodPanel
+from .metrics_panel import MetricsPanel  # noqa: F401  (a napari widget)
 
 
 def panel_class(method_id: str) -> type[MethodPanel]:
@@ -16,3 +17,6 @@ def panel_class(method_id: str) -> type[MethodPanel]:
 
 
 FeatureClusteringPanel = panel_class("feature-clustering")
+KmeansPanel = panel_class("kmeans")
+MultiOtsuPanel = panel_class("multi-otsu")
+ChanVesePanel = panel_class("chan-vese")

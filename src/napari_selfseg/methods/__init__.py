@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..engine import Method
-from . import feature_clustering
+from . import baselines, feature_clustering
 
 _REGISTRY: dict[str, Method] = {}
 
@@ -28,5 +28,5 @@ def list_methods() -> list[str]:
     return list(_REGISTRY)
 
 
-for _module in (feature_clustering,):
-    register(_module.METHOD)
+for _method in (feature_clustering.METHOD, *baselines.METHODS):
+    register(_method)
