@@ -95,6 +95,9 @@ class MethodPanel(QWidget):
         layout.addWidget(self.apply_button)
         layout.addWidget(self.status)
         layout.addWidget(self.plot)
+        if not self.method.iterative:  # one step gives the answer: nothing to pause, no curve to watch
+            self.pause_button.hide()
+            self.plot.hide()
         layout.addStretch(1)
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
