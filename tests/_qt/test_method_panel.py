@@ -135,3 +135,11 @@ def test_saved_labels_layer_reads_back(panel, qtbot, tmp_path):
     assert saved.dtype in (np.uint8, np.uint16) and np.array_equal(saved, panel.labels_layer.data)
     sidecar = json.loads((tmp_path / "labels.json").read_text())
     assert sidecar["method"] == "feature-clustering" and len(paths) == 2
+
+
+def test_paper_preset_fills_the_form_and_an_edit_returns_to_custom(panel):
+    panel.preset_box.value = "paper"
+    assert panel.form.widgets["channels"].value == 100 and panel.form.widgets["scale"].value == 1.0
+    assert panel.preset_box.value == "paper"
+    panel.form.widgets["mu"].value = 3.0
+    assert panel.preset_box.value == "(custom)"

@@ -42,6 +42,7 @@ class MethodPanel(QWidget):
         self._started = 0.0
         self._frames = 0
         self._window = None  # the main window, watched so closing the viewer ends a running training
+        self._applying_preset = False
         self._build()
         self._connect_viewer()
         self._set_running(False)
@@ -59,6 +60,7 @@ class MethodPanel(QWidget):
                                 tooltip="Random seed: the same seed gives the same labels on CPU")
         self.form = ParamForm(self.method.params, on_change=self._param_changed)
         self.preset_box.changed.connect(self._apply_preset)
+        self.image_box.changed.connect(self._image_changed)
 
         self.train_button = QPushButton("Train")
         self.pause_button = QPushButton("Pause")
@@ -130,18 +132,26 @@ class MethodPanel(QWidget):
         self.image_box.reset_choices()
         self.scribble_box.reset_choices()
 
+    def _image_changed(self, *_) -> None:
+        if self.worker is None:
+            self._set_running(False)  # "Label all slices" is offered for stacks only
+
     # -- parameters -----------------------------------------------------------------------------
     def _apply_preset(self, name: str) -> None:
         if name in self.method.presets:
-            self.form.reset()
-            self.form.set_values(dict(self.method.presets[name]), notify=self.training is not None)
+            self._applying_preset = True
+            try:
+                self.form.reset()
+                self.form.set_values(dict(self.method.presets[name]), notify=self.worker is not None)
+            finally:
+                self._applying_preset = False
 
     def _param_changed(self, name: str, value) -> None:
-        if self.preset_box.value != "(custom)":
+        if not self._applying_preset and self.preset_box.value != "(custom)":
             self.preset_box.changed.disconnect(self._apply_preset)
             self.preset_box.value = "(custom)"
             self.preset_box.changed.connect(self._apply_preset)
-        if self.training is not None and self.form.specs[name].live:
+        if self.worker is not None and self.training is not None and self.form.specs[name].live:
             try:
                 self.training.update(**{name: value})
             except ValueError as err:

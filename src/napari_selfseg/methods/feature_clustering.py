@@ -19,6 +19,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage as ndi
+from skimage.color import rgb2lab
+from skimage.measure import label as connected_components
 from skimage.segmentation import slic
 
 from ..engine import Method, StopRules, TrainContext
@@ -58,6 +61,18 @@ class FeatureClusteringParams(PostprocessParams):
                                help="Number of SLIC superpixels")
     compactness: float = param(10.0, low=0.1, high=1000.0, live=False, advanced=True,
                                help="SLIC compactness: higher gives squarer superpixels")
+    colour_space: str = param("rgb", choices=("rgb", "lab"), live=False,
+                              help="Colour input of the network: RGB as given, or CIE Lab (closer to perceived "
+                                   "colour differences); gray images are used as they are")
+    coordinates: float = param(0.0, low=0.0, high=10.0, step=0.1, live=False,
+                               help="Weight of two extra input channels holding the pixel's x and y position "
+                                    "(0 = off): favours spatially compact clusters")
+    min_region: float = param(0.0, low=0.0, high=0.1, step=0.0005, live=False,
+                              help="Final map: connected regions smaller than this fraction of the image are "
+                                   "merged into the nearest larger region (0 = off); removes speckle")
+    refine_superpixels: int = param(0, low=0, high=20000, step=50, live=False,
+                                    help="Final map: give each of this many full-resolution SLIC superpixels its "
+                                         "majority label (0 = off); snaps boundaries to image edges")
 
 
 PRESETS = {
@@ -68,6 +83,57 @@ PRESETS = {
 
 def _stop_rules(params: FeatureClusteringParams) -> StopRules:
     return StopRules(max_iterations=params.max_iterations, min_clusters=params.min_labels)
+
+
+def _features(image: np.ndarray, colour_space: str, coordinates: float) -> np.ndarray:
+    """``(Y, X, C)`` image in [0, 1] -> ``(Y, X, C')`` float32 network input.
+
+    Lab is scaled to roughly [0, 1] for L and [-1, 1] for a, b (divided by 100), so the first
+    convolution sees colour and lightness on similar scales. Coordinates are ``x / max(Y, X)`` and
+    ``y / max(Y, X)`` times ``coordinates``: the aspect ratio is kept, so a weight means the same
+    spatial pull on a portrait or a landscape image.
+    """
+    channels = [image]
+    if colour_space == "lab" and image.shape[-1] == 3:
+        channels = [rgb2lab(image).astype(np.float32) / 100.0]
+    if coordinates > 0:
+        h, w = image.shape[:2]
+        span = max(h, w)
+        yy, xx = np.meshgrid(np.arange(h, dtype=np.float32), np.arange(w, dtype=np.float32), indexing="ij")
+        channels.append(np.stack([yy, xx], axis=-1) * (coordinates / span))
+    return np.concatenate(channels, axis=-1).astype(np.float32, copy=False)
+
+
+def _merge_small_regions(labels: np.ndarray, min_pixels: int) -> np.ndarray:
+    """Give every connected region of ``labels`` ``(Y, X)`` smaller than ``min_pixels`` the label of the
+    nearest pixel of a larger region (Euclidean distance, in pixels).
+
+    Why: the BSDS protocol (and a user's eye) treats every connected component as a segment, so a few
+    hundred specks of a cluster inside another one cost more than they carry.
+    """
+    components = connected_components(labels + 1, background=0, connectivity=1)
+    sizes = np.bincount(components.ravel())
+    small = sizes[components] < min_pixels
+    if not small.any() or small.all():
+        return labels
+    _, (iy, ix) = ndi.distance_transform_edt(small, return_indices=True)
+    return labels[iy, ix]
+
+
+def _slic(image: np.ndarray, n_segments: int, compactness: float) -> np.ndarray:
+    """SLIC superpixels ``(Y, X)`` ids from 0 of a ``(Y, X, C)`` image; gray is passed as 2D so that SLIC
+    does not take the channel axis for a third spatial one."""
+    if image.shape[-1] == 1:
+        return slic(image[..., 0], n_segments=n_segments, compactness=compactness, start_label=0, channel_axis=None)
+    return slic(image, n_segments=n_segments, compactness=compactness, start_label=0, channel_axis=-1)
+
+
+def _superpixel_majority(labels: np.ndarray, image: np.ndarray, n_segments: int, compactness: float) -> np.ndarray:
+    """Each SLIC superpixel of ``image`` ``(Y, X, C)`` takes the most frequent label of ``labels`` ``(Y, X)``."""
+    segments = _slic(image, n_segments, compactness)
+    q = int(labels.max()) + 1
+    votes = np.bincount((segments * q + labels).ravel(), minlength=(int(segments.max()) + 1) * q)
+    return votes.reshape(-1, q).argmax(1)[segments]
 
 
 def _to_tensor(image: np.ndarray, device: torch.device, scale: float) -> torch.Tensor:
@@ -87,7 +153,7 @@ class FeatureClusteringTrainer:
     def __init__(self, ctx: TrainContext):
         self.ctx = ctx
         p = ctx.params
-        self.x = _to_tensor(ctx.image, ctx.device, p.scale)
+        self.x = _to_tensor(_features(ctx.image, p.colour_space, p.coordinates), ctx.device, p.scale)
         h, w = self.x.shape[-2:]
         self.model = ResponseNet(self.x.shape[1], p.channels, p.channels, p.conv_layers, p.batch_norm).to(ctx.device)
         self.optimiser = torch.optim.SGD(self.model.parameters(), lr=p.learning_rate, momentum=0.9)
@@ -97,9 +163,9 @@ class FeatureClusteringTrainer:
 
     def _superpixels(self, h: int, w: int) -> torch.Tensor:
         p = self.ctx.params
-        small = self.x[0].permute(1, 2, 0).cpu().numpy()
-        segments = slic(small, n_segments=p.n_superpixels, compactness=p.compactness, start_label=0,
-                        channel_axis=-1 if small.shape[-1] > 1 else None)
+        # The image's own colours on the training grid (not the Lab / x-y network input): SLIC wants RGB.
+        small = _to_tensor(self.ctx.image, torch.device("cpu"), p.scale)[0].permute(1, 2, 0).numpy()
+        segments = _slic(small, p.n_superpixels, p.compactness)
         return torch.from_numpy(segments.reshape(-1).astype(np.int64)).to(self.ctx.device)
 
     def _scribbles(self, h: int, w: int):
@@ -151,11 +217,18 @@ class FeatureClusteringTrainer:
 
     @torch.no_grad()
     def predict(self, image: np.ndarray) -> np.ndarray:
-        """Cluster ids of a prepared ``(Y, X, C)`` image by the trained network, at full resolution."""
+        """Cluster ids ``(Y, X)`` of a prepared ``(Y, X, C)`` image by the trained network, at full
+        resolution, with the final-map refinements (``refine_superpixels``, ``min_region``) applied."""
+        p = self.ctx.params
         self.model.train()  # batch statistics, as during training: the responses stay normalised
         with self.ctx.autocast():
-            response = self.model(_to_tensor(image, self.ctx.device, 1.0))
-        return response.argmax(1)[0].cpu().numpy()
+            response = self.model(_to_tensor(_features(image, p.colour_space, p.coordinates), self.ctx.device, 1.0))
+        labels = response.argmax(1)[0].cpu().numpy()
+        if p.refine_superpixels > 0:
+            labels = _superpixel_majority(labels, image, p.refine_superpixels, p.compactness)
+        if p.min_region > 0:
+            labels = _merge_small_regions(labels, max(1, round(p.min_region * labels.size)))
+        return labels
 
     def finish(self) -> np.ndarray:
         return self.predict(self.ctx.image)
