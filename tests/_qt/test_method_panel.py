@@ -10,7 +10,7 @@ from napari_selfseg._qt import FeatureClusteringPanel
 from ..conftest import regions_image
 
 pytestmark = pytest.mark.gui
-FAST = {"channels": 16, "scale": 1.0, "max_iterations": 400, "min_labels": 1, "mu": 2.0}
+FAST = {"channels": 16, "scale": 1.0, "max_iterations": 5000, "min_labels": 1, "mu": 2.0}  # runs until stopped
 
 
 @pytest.fixture
@@ -117,8 +117,11 @@ def test_stack_trains_on_the_displayed_slice_then_labels_all(make_napari_viewer,
 
 
 def test_removing_the_image_cancels_training(panel, qtbot):
+    panel.form.set_values({"max_iterations": 5000})  # long enough to still run when the image goes
+    frames = []
     panel.train_button.click()
-    qtbot.waitUntil(lambda: panel.training is not None and panel.worker is not None, timeout=10000)
+    panel.worker.yielded.connect(frames.append)
+    qtbot.waitUntil(lambda: len(frames) >= 1, timeout=30000)
     panel.viewer.layers.remove("regions")
     wait_idle(qtbot, panel)
     assert panel.training.stop_reason == "cancelled"

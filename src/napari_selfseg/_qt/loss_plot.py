@@ -44,6 +44,7 @@ class LossPlot(QWidget):
         logs = [math.log10(p[1]) for p in points]
         y_lo, y_hi = min(logs), max(logs)
         y_span = (y_hi - y_lo) or 1.0
+        legend_x = left
         for i, (name, series) in enumerate(self.series.items()):
             colour = QColor(_COLOURS[i % len(_COLOURS)])
             painter.setPen(QPen(colour, 1.5))
@@ -53,4 +54,6 @@ class LossPlot(QWidget):
                 for it, v in series
             ])
             painter.drawPolyline(polygon)
-            painter.drawText(left + i * 95, 13, f"{name} {series[-1][1]:.3g}")
+            legend = f"{name} {series[-1][1]:.3g}"
+            painter.drawText(legend_x, 13, legend)
+            legend_x += painter.fontMetrics().horizontalAdvance(legend) + 12

@@ -15,6 +15,7 @@ from napari.qt.threading import create_worker
 from napari.utils import progress
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QEvent
+from superqt import QCollapsible
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QPushButton, QScrollArea, QVBoxLayout, QWidget
 
 from .. import api
@@ -92,7 +93,9 @@ class MethodPanel(QWidget):
                 layout.addWidget(_labelled(w))
         layout.addWidget(self.form.container.native)
         if self.form.advanced is not None:
-            layout.addWidget(self.form.advanced.native)
+            folded = QCollapsible("Advanced")
+            folded.addWidget(self.form.advanced.native)
+            layout.addWidget(folded)
         layout.addLayout(buttons)
         layout.addWidget(self.apply_button)
         layout.addWidget(self.status)

@@ -11,6 +11,11 @@ goes on; training stops when at most ``min_labels`` remain.
 
 Speed: training runs on a downsampled copy (``scale``) and the trained network then labels the image
 at full resolution in one forward pass, which both saves time and sharpens boundaries.
+
+Additions beyond the papers, each a parameter that can be switched off: CIE Lab input
+(``colour_space``), x/y coordinate input channels (``coordinates``), and two refinements of the final
+map, full-resolution SLIC majority voting (``refine_superpixels``) and merging of small connected
+regions (``min_region``). The ``paper`` preset switches them all off.
 """
 from __future__ import annotations
 
@@ -37,11 +42,11 @@ class FeatureClusteringParams(PostprocessParams):
 
     theta: float = param(1.0, low=0.0, high=10.0, step=0.1,
                          help="Weight of the feature-similarity loss (cross-entropy against the argmax labels)")
-    mu: float = param(2.0, low=0.0, high=20.0, step=0.1,
+    mu: float = param(1.0, low=0.0, high=20.0, step=0.1,
                       help="Weight of the spatial-continuity loss: higher gives smoother, fewer regions")
     min_labels: int = param(4, low=1, high=100, step=1, label="min clusters",
                             help="Stop when at most this many clusters remain")
-    max_iterations: int = param(200, low=1, high=5000, step=10,
+    max_iterations: int = param(150, low=1, high=5000, step=10,
                                 help="Stop after this many optimisation steps")
     learning_rate: float = param(0.1, low=1e-4, high=1.0, log=True,
                                  help="SGD learning rate (momentum 0.9)")
@@ -51,7 +56,7 @@ class FeatureClusteringParams(PostprocessParams):
                           help="Feature channels p and maximum cluster count q (paper: 100)")
     conv_layers: int = param(2, low=1, high=6, step=1, live=False,
                              help="Number of 3x3 conv -> ReLU -> BN components M (paper: 2)")
-    scale: float = param(0.5, low=0.1, high=1.0, step=0.05, live=False,
+    scale: float = param(0.35, low=0.1, high=1.0, step=0.05, live=False,
                          help="Train on the image resized by this factor, then label it at full resolution")
     batch_norm: bool = param(True, live=False, help="Batch normalisation (off = the no-BN ablation of Kim 2020)")
     superpixels: bool = param(False, live=False,
@@ -60,8 +65,8 @@ class FeatureClusteringParams(PostprocessParams):
     n_superpixels: int = param(1000, low=10, high=20000, step=10, live=False, advanced=True,
                                help="Number of SLIC superpixels")
     compactness: float = param(10.0, low=0.1, high=1000.0, live=False, advanced=True,
-                               help="SLIC compactness: higher gives squarer superpixels")
-    colour_space: str = param("rgb", choices=("rgb", "lab"), live=False,
+                               help="SLIC compactness (training and final-map superpixels): higher gives squarer ones")
+    colour_space: str = param("lab", choices=("rgb", "lab"), live=False,
                               help="Colour input of the network: RGB as given, or CIE Lab (closer to perceived "
                                    "colour differences); gray images are used as they are")
     coordinates: float = param(0.0, low=0.0, high=10.0, step=0.1, live=False,
@@ -70,14 +75,18 @@ class FeatureClusteringParams(PostprocessParams):
     min_region: float = param(0.0, low=0.0, high=0.1, step=0.0005, live=False,
                               help="Final map: connected regions smaller than this fraction of the image are "
                                    "merged into the nearest larger region (0 = off); removes speckle")
-    refine_superpixels: int = param(0, low=0, high=20000, step=50, live=False,
+    refine_superpixels: int = param(1000, low=0, high=20000, step=50, live=False,
                                     help="Final map: give each of this many full-resolution SLIC superpixels its "
                                          "majority label (0 = off); snaps boundaries to image edges")
 
 
 PRESETS = {
     "interactive": {},
-    "paper": {"mu": 1.0, "min_labels": 3, "max_iterations": 1000, "channels": 100, "scale": 1.0},
+    # The papers' setting: p = q = 100, M = 2, theta = mu = 1, stop at 3 labels or 1000 iterations, full
+    # scale, RGB input and no final-map refinement (set explicitly, so changed defaults cannot leak in).
+    "paper": {"theta": 1.0, "mu": 1.0, "min_labels": 3, "max_iterations": 1000, "channels": 100,
+              "conv_layers": 2, "scale": 1.0, "learning_rate": 0.1, "batch_norm": True, "superpixels": False,
+              "colour_space": "rgb", "coordinates": 0.0, "min_region": 0.0, "refine_superpixels": 0},
 }
 
 
@@ -166,6 +175,7 @@ class FeatureClusteringTrainer:
         # The image's own colours on the training grid (not the Lab / x-y network input): SLIC wants RGB.
         small = _to_tensor(self.ctx.image, torch.device("cpu"), p.scale)[0].permute(1, 2, 0).numpy()
         segments = _slic(small, p.n_superpixels, p.compactness)
+        self.n_segments = int(segments.max()) + 1  # known here, so step() needs no host sync for it
         return torch.from_numpy(segments.reshape(-1).astype(np.int64)).to(self.ctx.device)
 
     def _scribbles(self, h: int, w: int):
@@ -183,7 +193,7 @@ class FeatureClusteringTrainer:
         if self.superpixels is not None:
             q = response.shape[1]
             flat = target.reshape(-1)
-            votes = torch.bincount(self.superpixels * q + flat, minlength=int(self.superpixels.max() + 1) * q)
+            votes = torch.bincount(self.superpixels * q + flat, minlength=self.n_segments * q)
             majority = votes.reshape(-1, q).argmax(1)
             target = majority[self.superpixels].reshape(target.shape)
         return target
