@@ -2,8 +2,12 @@
 versus streamed into a napari Labels layer through the real panel (under a virtual display if needed)."""
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -46,42 +50,18 @@ def headless_rate(image, method: str, iterations: int, threads: int, device: str
     return snap.iteration / snap.elapsed
 
 
-def streamed_rate(image, method: str, iterations: int, device: str, **params) -> tuple[float, int]:
-    """Iterations per second when the panel streams frames into a Labels layer; and frames drawn."""
-    display = _virtual_display()
-    try:
-        import napari
-        from qtpy.QtWidgets import QApplication
+def streamed_rate(method: str, iterations: int, device: str) -> tuple[float, int]:
+    """Iterations per second when the panel streams frames into a Labels layer, and frames drawn.
 
-        from napari_selfseg._qt.method_panel import MethodPanel
-        from napari_selfseg.methods import get_method
-
-        viewer = napari.Viewer(show=True)
-        viewer.add_image(image, rgb=True, name="speed")
-        panel = MethodPanel(viewer, get_method(method))
-        viewer.window.add_dock_widget(panel)
-        panel.device_box.value = device if device in panel.device_box.choices else "auto"
-        panel.form.set_values({"max_iterations": iterations, "min_labels": 1, **params})
-        frames = []
-        panel.start()
-        panel.worker.yielded.connect(frames.append)
-        while panel.worker is not None:
-            QApplication.processEvents()
-            time.sleep(0.002)
-        last = frames[-1]
-        viewer.close()
-        return last.iteration / last.elapsed, len(frames)
-    finally:
-        if display is not None:
-            display.stop()
-
-
-def _virtual_display():
-    if os.environ.get("DISPLAY"):
-        return None
-    from pyvirtualdisplay import Display
-
-    return Display(visible=False, size=(1600, 1000)).start()
+    Runs ``python -m benchmarks.streamed`` in a child process (under ``xvfb-run`` without a screen), so
+    the X server's teardown cannot disturb this process.
+    """
+    command = [sys.executable, "-m", "benchmarks.streamed", method, str(iterations), device]
+    if not os.environ.get("DISPLAY"):
+        command = ["xvfb-run", "-a", "-s", "-screen 0 1600x1000x24", *command]
+    out = subprocess.run(command, capture_output=True, text=True, check=True, cwd=Path(__file__).parents[1])
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    return result["rate"], result["frames"]
 
 
 def run(method: str = "feature-clustering", iterations: int = 60, paper_budget: float = 60.0,
@@ -98,7 +78,7 @@ def run(method: str = "feature-clustering", iterations: int = 60, paper_budget: 
         log(f"  {preset}: {r}")
     rates = {t: headless_rate(image, method, iterations, t, device, 0) for t in (1, 2)}
     throttled = headless_rate(image, method, iterations, 1, device, 10)
-    streamed, frames = streamed_rate(image, method, iterations, device)
+    streamed, frames = streamed_rate(method, iterations, device)
     rows.append(f"| headless it/s, 1 thread | {rates[1]:.2f} | {iterations} iterations, no frames |")
     rows.append(f"| headless it/s, 2 threads | {rates[2]:.2f} | |")
     rows.append(f"| headless it/s, 1 thread, 10 frames/s | {throttled:.2f} | frames made, not drawn |")

@@ -16,7 +16,7 @@ from napari.utils import progress
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QEvent
 from superqt import QCollapsible
-from qtpy.QtWidgets import QHBoxLayout, QLabel, QPushButton, QScrollArea, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QHBoxLayout, QLabel, QPushButton, QScrollArea, QSizePolicy, QVBoxLayout, QWidget
 
 from .. import api
 from ..engine import Method, Snapshot, Training, resolve_device
@@ -25,6 +25,10 @@ from .loss_plot import LossPlot
 from .param_form import ParamForm
 from .planes import displayed_index, image_plane, label_plane, spatial_shape, write_plane
 
+
+# Frames drawn per second while training: several a second reads as live; more costs the worker
+# throughput (each frame is a redraw, in software GL under Xvfb).
+FRAMES_PER_SECOND = 10.0
 
 
 class MethodPanel(QWidget):
@@ -40,8 +44,6 @@ class MethodPanel(QWidget):
         self.image_layer: Image | None = None  # the layer the current training reads
         self._index: tuple[int, ...] = ()
         self._progress = None
-        self._started = 0.0
-        self._frames = 0
         self._window = None  # the main window, watched so closing the viewer ends a running training
         self._applying_preset = False
         self._build()
@@ -80,6 +82,9 @@ class MethodPanel(QWidget):
 
         self.status = QLabel("Ready")
         self.status.setWordWrap(True)
+        # a fixed size: new text each frame must not re-layout (and so repaint) the whole window
+        self.status.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
+        self.status.setFixedHeight(2 * self.status.fontMetrics().lineSpacing() + 4)
         self.plot = LossPlot()
 
         inner = QWidget()
@@ -172,7 +177,7 @@ class MethodPanel(QWidget):
             self.status.setText(f"Cannot train: {err}")
             return
         self.plot.clear()
-        self._started, self._frames = time.perf_counter(), 0
+        self._progress_shown = 0.0
         self._progress = progress(total=self.training.stop_rules.max_iterations or 0,
                                   desc=f"{self.method.title} on {self.image_box.value.name}")
         self.worker = create_worker(self.training.snapshots, _start_thread=False)
@@ -195,7 +200,7 @@ class MethodPanel(QWidget):
         threads = 1 if resolve_device(self.device_box.value).type == "cpu" else None
         run = Training(self.method, plane, params, rgb=image_layer.rgb, scribbles=scribbles,
                        device=self.device_box.value, seed=int(self.seed_box.value),
-                       stop_rules=self.method.stop_rules(params), threads=threads, max_fps=10.0)
+                       stop_rules=self.method.stop_rules(params), threads=threads, max_fps=FRAMES_PER_SECOND)
         self._ensure_labels_layer(image_layer)
         return run, index
 
@@ -223,13 +228,15 @@ class MethodPanel(QWidget):
 
     def _show(self, snap: Snapshot) -> None:
         """GUI thread: copy a finished frame into the Labels layer, update readouts."""
-        self._frames += 1
         layer = self.labels_layer
         if layer is not None and layer in self.viewer.layers:
             write_plane(layer, self._index, snap.labels)
         self.plot.add(snap.iteration, snap.losses)
-        if self._progress is not None:
+        now = time.perf_counter()
+        if self._progress is not None and (snap.final or now - self._progress_shown >= 1.0):
+            # napari's activity bar costs tens of ms per update: once a second is plenty
             self._progress.update(snap.iteration - self._progress.n)
+            self._progress_shown = now
         rate = snap.iteration / snap.elapsed if snap.elapsed > 0 else 0.0
         state = f"done ({snap.stop_reason})" if snap.final else ("paused" if self.training.paused else "training")
         self.status.setText(f"{state}: iteration {snap.iteration}, {snap.n_clusters} clusters, "

@@ -9,13 +9,15 @@ response, and the network is trained to agree with its own argmax (feature simil
 while neighbouring responses stay alike (spatial continuity, weight ``mu``). Clusters merge as training
 goes on; training stops when at most ``min_labels`` remain.
 
-Speed: training runs on a downsampled copy (``scale``) and the trained network then labels the image
-at full resolution in one forward pass, which both saves time and sharpens boundaries.
+Speed: training runs on a downsampled copy (``scale``, capped at ``train_pixels`` pixels, so a large
+image trains as fast as a small one) and the trained network then labels the image at full resolution
+in one forward pass, which both saves time and sharpens boundaries.
 
 Additions beyond the papers, each a parameter that can be switched off: CIE Lab input
-(``colour_space``), x/y coordinate input channels (``coordinates``), and two refinements of the final
-map, full-resolution SLIC majority voting (``refine_superpixels``) and merging of small connected
-regions (``min_region``). The ``paper`` preset switches them all off.
+(``colour_space``), x/y coordinate input channels (``coordinates``), a training-size cap
+(``train_pixels``), and three refinements of the final map: Ward merging of clusters by their mean
+network responses (``merge_cost``), full-resolution SLIC majority voting (``refine_superpixels``) and
+merging of small connected regions (``min_region``). The ``paper`` preset switches them all off.
 """
 from __future__ import annotations
 
@@ -56,8 +58,12 @@ class FeatureClusteringParams(PostprocessParams):
                           help="Feature channels p and maximum cluster count q (paper: 100)")
     conv_layers: int = param(2, low=1, high=6, step=1, live=False,
                              help="Number of 3x3 conv -> ReLU -> BN components M (paper: 2)")
-    scale: float = param(0.35, low=0.1, high=1.0, step=0.05, live=False,
-                         help="Train on the image resized by this factor, then label it at full resolution")
+    scale: float = param(1.0, low=0.1, high=1.0, step=0.05, live=False,
+                         help="Train on the image resized by at most this factor (see train_pixels), then "
+                              "label it at full resolution")
+    train_pixels: int = param(20000, low=0, high=4_000_000, step=1000, live=False,
+                              help="Train on at most about this many pixels: larger images are resized further "
+                                   "than scale, so training time does not grow with image size (0 = no cap)")
     batch_norm: bool = param(True, live=False, help="Batch normalisation (off = the no-BN ablation of Kim 2020)")
     superpixels: bool = param(False, live=False,
                               help="SLIC superpixel refinement: each superpixel's majority label is the target "
@@ -66,15 +72,19 @@ class FeatureClusteringParams(PostprocessParams):
                                help="Number of SLIC superpixels")
     compactness: float = param(10.0, low=0.1, high=1000.0, live=False, advanced=True,
                                help="SLIC compactness (training and final-map superpixels): higher gives squarer ones")
-    colour_space: str = param("lab", choices=("rgb", "lab"), live=False,
-                              help="Colour input of the network: RGB as given, or CIE Lab (closer to perceived "
-                                   "colour differences); gray images are used as they are")
+    colour_space: str = param("rgb+lab", choices=("rgb", "lab", "rgb+lab"), live=False,
+                              help="Colour input of the network: RGB as given, CIE Lab (closer to perceived "
+                                   "colour differences), or both as six channels; gray images are used as they are")
     coordinates: float = param(0.0, low=0.0, high=10.0, step=0.1, live=False,
                                help="Weight of two extra input channels holding the pixel's x and y position "
                                     "(0 = off): favours spatially compact clusters")
     min_region: float = param(0.0, low=0.0, high=0.1, step=0.0005, live=False,
                               help="Final map: connected regions smaller than this fraction of the image are "
                                    "merged into the nearest larger region (0 = off); removes speckle")
+    merge_cost: float = param(0.07, low=0.0, high=1.0, step=0.005, live=False,
+                              help="Final map: merge clusters whose mean network responses are close, while the "
+                                   "Ward cost of a merge stays below this (a fraction of the response variance; "
+                                   "0 = off); how many clusters remain depends on the image")
     refine_superpixels: int = param(1000, low=0, high=20000, step=50, live=False,
                                     help="Final map: give each of this many full-resolution SLIC superpixels its "
                                          "majority label (0 = off); snaps boundaries to image edges")
@@ -85,8 +95,10 @@ PRESETS = {
     # The papers' setting: p = q = 100, M = 2, theta = mu = 1, stop at 3 labels or 1000 iterations, full
     # scale, RGB input and no final-map refinement (set explicitly, so changed defaults cannot leak in).
     "paper": {"theta": 1.0, "mu": 1.0, "min_labels": 3, "max_iterations": 1000, "channels": 100,
-              "conv_layers": 2, "scale": 1.0, "learning_rate": 0.1, "batch_norm": True, "superpixels": False,
-              "colour_space": "rgb", "coordinates": 0.0, "min_region": 0.0, "refine_superpixels": 0},
+              "conv_layers": 2, "scale": 1.0, "train_pixels": 0, "learning_rate": 0.1, "batch_norm": True,
+              "superpixels": False,
+              "colour_space": "rgb", "coordinates": 0.0, "min_region": 0.0, "merge_cost": 0.0,
+              "refine_superpixels": 0},
 }
 
 
@@ -103,8 +115,9 @@ def _features(image: np.ndarray, colour_space: str, coordinates: float) -> np.nd
     spatial pull on a portrait or a landscape image.
     """
     channels = [image]
-    if colour_space == "lab" and image.shape[-1] == 3:
-        channels = [rgb2lab(image).astype(np.float32) / 100.0]
+    if colour_space in ("lab", "rgb+lab") and image.shape[-1] == 3:
+        lab = rgb2lab(image).astype(np.float32) / 100.0
+        channels = [image, lab] if colour_space == "rgb+lab" else [lab]
     if coordinates > 0:
         h, w = image.shape[:2]
         span = max(h, w)
@@ -129,6 +142,41 @@ def _merge_small_regions(labels: np.ndarray, min_pixels: int) -> np.ndarray:
     return labels[iy, ix]
 
 
+def _cluster_means(response: torch.Tensor, labels: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Per-cluster pixel counts ``(q,)`` and mean responses ``(q, q)`` of a ``(q, Y, X)`` response and
+    its ``(Y, X)`` argmax labels."""
+    q = response.shape[0]
+    flat, ids = response.reshape(q, -1).T.float(), labels.reshape(-1)
+    counts = torch.bincount(ids, minlength=q).float()
+    sums = torch.zeros((q, q), dtype=flat.dtype, device=flat.device).index_add_(0, ids, flat)
+    return counts.cpu().numpy(), (sums / counts.clamp(min=1)[:, None]).cpu().numpy()
+
+
+def _ward_merge(counts: np.ndarray, means: np.ndarray, max_cost: float) -> np.ndarray:
+    """Greedy Ward merging of clusters with ``counts`` ``(q,)`` pixels and mean responses ``(q, c)``:
+    the pair with the cheapest merge joins while its cost ``n_a n_b / (n_a + n_b) |m_a - m_b|^2``,
+    divided by ``sum(counts) * c`` (a fraction of unit per-channel variance), stays below ``max_cost``.
+    Returns the lookup ``(q,)`` from old to new cluster ids."""
+    lut = np.arange(len(counts))
+    alive = list(np.flatnonzero(counts > 0))
+    n, m = counts.astype(np.float64), means.astype(np.float64)
+    norm = counts.sum() * means.shape[1]
+    while len(alive) > 1:
+        a = np.array(alive)
+        na, ma = n[a], m[a]
+        cost = na[:, None] * na[None] / (na[:, None] + na[None]) * ((ma[:, None] - ma[None]) ** 2).sum(-1) / norm
+        cost[np.tril_indices(len(a))] = np.inf
+        i, j = np.unravel_index(np.argmin(cost), cost.shape)
+        if cost[i, j] > max_cost:
+            break
+        keep, gone = a[i], a[j]
+        m[keep] = (m[keep] * n[keep] + m[gone] * n[gone]) / (n[keep] + n[gone])
+        n[keep] += n[gone]
+        lut[lut == gone] = keep
+        alive.remove(gone)
+    return lut
+
+
 def _slic(image: np.ndarray, n_segments: int, compactness: float) -> np.ndarray:
     """SLIC superpixels ``(Y, X)`` ids from 0 of a ``(Y, X, C)`` image; gray is passed as 2D so that SLIC
     does not take the channel axis for a third spatial one."""
@@ -143,6 +191,14 @@ def _superpixel_majority(labels: np.ndarray, image: np.ndarray, n_segments: int,
     q = int(labels.max()) + 1
     votes = np.bincount((segments * q + labels).ravel(), minlength=(int(segments.max()) + 1) * q)
     return votes.reshape(-1, q).argmax(1)[segments]
+
+
+def _training_scale(shape: tuple[int, int], scale: float, train_pixels: int) -> float:
+    """Resize factor of the training grid for an image of ``shape`` ``(Y, X)``: ``scale``, lowered so that
+    the grid holds at most about ``train_pixels`` pixels (0 = no cap)."""
+    if train_pixels > 0:
+        scale = min(scale, float(np.sqrt(train_pixels / (shape[0] * shape[1]))))
+    return scale
 
 
 def _to_tensor(image: np.ndarray, device: torch.device, scale: float) -> torch.Tensor:
@@ -162,7 +218,8 @@ class FeatureClusteringTrainer:
     def __init__(self, ctx: TrainContext):
         self.ctx = ctx
         p = ctx.params
-        self.x = _to_tensor(_features(ctx.image, p.colour_space, p.coordinates), ctx.device, p.scale)
+        self.scale = _training_scale(ctx.image.shape[:2], p.scale, p.train_pixels)
+        self.x = _to_tensor(_features(ctx.image, p.colour_space, p.coordinates), ctx.device, self.scale)
         h, w = self.x.shape[-2:]
         self.model = ResponseNet(self.x.shape[1], p.channels, p.channels, p.conv_layers, p.batch_norm).to(ctx.device)
         self.optimiser = torch.optim.SGD(self.model.parameters(), lr=p.learning_rate, momentum=0.9)
@@ -173,7 +230,7 @@ class FeatureClusteringTrainer:
     def _superpixels(self, h: int, w: int) -> torch.Tensor:
         p = self.ctx.params
         # The image's own colours on the training grid (not the Lab / x-y network input): SLIC wants RGB.
-        small = _to_tensor(self.ctx.image, torch.device("cpu"), p.scale)[0].permute(1, 2, 0).numpy()
+        small = _to_tensor(self.ctx.image, torch.device("cpu"), self.scale)[0].permute(1, 2, 0).numpy()
         segments = _slic(small, p.n_superpixels, p.compactness)
         self.n_segments = int(segments.max()) + 1  # known here, so step() needs no host sync for it
         return torch.from_numpy(segments.reshape(-1).astype(np.int64)).to(self.ctx.device)
@@ -228,12 +285,17 @@ class FeatureClusteringTrainer:
     @torch.no_grad()
     def predict(self, image: np.ndarray) -> np.ndarray:
         """Cluster ids ``(Y, X)`` of a prepared ``(Y, X, C)`` image by the trained network, at full
-        resolution, with the final-map refinements (``refine_superpixels``, ``min_region``) applied."""
+        resolution, with the final-map refinements (``merge_cost``, ``refine_superpixels``, ``min_region``)
+        applied."""
         p = self.ctx.params
         self.model.train()  # batch statistics, as during training: the responses stay normalised
         with self.ctx.autocast():
             response = self.model(_to_tensor(_features(image, p.colour_space, p.coordinates), self.ctx.device, 1.0))
-        labels = response.argmax(1)[0].cpu().numpy()
+        labels = response.argmax(1)[0]
+        if p.merge_cost > 0:
+            lut = _ward_merge(*_cluster_means(response[0], labels), p.merge_cost)
+            labels = torch.from_numpy(lut).to(labels.device)[labels]
+        labels = labels.cpu().numpy()
         if p.refine_superpixels > 0:
             labels = _superpixel_majority(labels, image, p.refine_superpixels, p.compactness)
         if p.min_region > 0:

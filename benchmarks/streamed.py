@@ -1,0 +1,41 @@
+"""Child process of the speed benchmark: train through the real panel in napari, print JSON.
+
+    python -m benchmarks.streamed METHOD ITERATIONS DEVICE     (needs a display, e.g. under xvfb-run)
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+
+def main(method: str, iterations: int, device: str) -> dict:
+    import napari
+    from qtpy.QtWidgets import QApplication
+
+    from napari_selfseg._qt.method_panel import MethodPanel
+    from napari_selfseg.methods import get_method
+
+    from .speed import speed_image
+
+    image, _ = speed_image()
+    viewer = napari.Viewer(show=True)
+    viewer.window._qt_window.resize(1500, 950)
+    viewer.add_image(image, rgb=True, name="speed")
+    panel = MethodPanel(viewer, get_method(method))
+    viewer.window.add_dock_widget(panel)
+    panel.device_box.value = device if device in panel.device_box.choices else "auto"
+    panel.form.set_values({"max_iterations": iterations, "min_labels": 1})
+    frames = []
+    panel.start()
+    panel.worker.yielded.connect(frames.append)
+    while panel.worker is not None:
+        QApplication.processEvents()
+        time.sleep(0.002)
+    last = frames[-1]
+    viewer.close()
+    return {"rate": last.iteration / last.elapsed, "frames": len(frames)}
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(sys.argv[1], int(sys.argv[2]), sys.argv[3])))
