@@ -149,3 +149,11 @@ def test_device_resolution():
     if not torch.cuda.is_available():
         with pytest.raises(InputError, match="CUDA"):
             resolve_device("cuda")
+
+
+def test_closing_the_generator_counts_as_cancelled():
+    run, _ = make_training(max_fps=1000)
+    frames = run.snapshots()
+    next(frames)
+    frames.close()
+    assert run.stop_reason == "cancelled"

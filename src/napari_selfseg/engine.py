@@ -258,7 +258,11 @@ class Training:
         """Run the training, yielding throttled snapshots and, unless cancelled, a final one."""
         with _torch_threads(self.threads):
             seed_everything(self.seed)
-            yield from self._loop()
+            try:
+                yield from self._loop()
+            except GeneratorExit:  # the consumer stopped iterating (e.g. a worker's quit())
+                self.stop_reason = self.stop_reason or "cancelled"
+                raise
 
     def _loop(self) -> Iterator[Snapshot]:
         trainer = self.method.build(self._ctx)

@@ -46,6 +46,7 @@ class MethodPanel(QWidget):
         self._progress = None
         self._window = None  # the main window, watched so closing the viewer ends a running training
         self._applying_preset = False
+        self._labelling_slices = False  # the worker labels all slices (not a training)
         self._build()
         self._connect_viewer()
         self._set_running(False)
@@ -253,6 +254,7 @@ class MethodPanel(QWidget):
 
     def _finished(self) -> None:
         self.worker = None
+        self._labelling_slices = False
         self._set_running(False)
         if self._progress is not None:
             self._progress.close()
@@ -280,12 +282,11 @@ class MethodPanel(QWidget):
         ``wait`` blocks (up to 5 s) until the worker thread has ended, for teardown.
         """
         if self.training is not None:
-            self.training.cancel()
-        worker = self.worker
-        if worker is not None:
-            worker.quit()
-            if wait:
-                worker.await_workers(5000)
+            self.training.cancel()  # a training generator returns before its next step
+        if self.worker is not None and self._labelling_slices:
+            self.worker.quit()  # the slice-labelling generator stops after its current slice
+        if self.worker is not None and wait:
+            self.worker.await_workers(5000)
 
     def _set_running(self, running: bool) -> None:
         self.train_button.setEnabled(not running)
@@ -324,6 +325,7 @@ class MethodPanel(QWidget):
         self.worker.yielded.connect(write)
         self.worker.errored.connect(self._failed)
         self.worker.finished.connect(self._finished)
+        self._labelling_slices = True
         self._set_running(True)
         self.worker.start()
 

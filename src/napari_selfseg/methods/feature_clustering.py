@@ -48,7 +48,7 @@ class FeatureClusteringParams(PostprocessParams):
                       help="Weight of the spatial-continuity loss: higher gives smoother, fewer regions")
     min_labels: int = param(4, low=1, high=100, step=1, label="min clusters",
                             help="Stop when at most this many clusters remain")
-    max_iterations: int = param(150, low=1, high=5000, step=10,
+    max_iterations: int = param(250, low=1, high=5000, step=10,
                                 help="Stop after this many optimisation steps")
     learning_rate: float = param(0.1, low=1e-4, high=1.0, log=True,
                                  help="SGD learning rate (momentum 0.9)")
@@ -61,7 +61,7 @@ class FeatureClusteringParams(PostprocessParams):
     scale: float = param(1.0, low=0.1, high=1.0, step=0.05, live=False,
                          help="Train on the image resized by at most this factor (see train_pixels), then "
                               "label it at full resolution")
-    train_pixels: int = param(20000, low=0, high=4_000_000, step=1000, live=False,
+    train_pixels: int = param(12000, low=0, high=4_000_000, step=1000, live=False, advanced=True,
                               help="Train on at most about this many pixels: larger images are resized further "
                                    "than scale, so training time does not grow with image size (0 = no cap)")
     batch_norm: bool = param(True, live=False, help="Batch normalisation (off = the no-BN ablation of Kim 2020)")
@@ -70,7 +70,7 @@ class FeatureClusteringParams(PostprocessParams):
                                    "(Kanezaki 2018)")
     n_superpixels: int = param(1000, low=10, high=20000, step=10, live=False, advanced=True,
                                help="Number of SLIC superpixels")
-    compactness: float = param(10.0, low=0.1, high=1000.0, live=False, advanced=True,
+    compactness: float = param(30.0, low=0.1, high=1000.0, live=False, advanced=True,
                                help="SLIC compactness (training and final-map superpixels): higher gives squarer ones")
     colour_space: str = param("rgb+lab", choices=("rgb", "lab", "rgb+lab"), live=False,
                               help="Colour input of the network: RGB as given, CIE Lab (closer to perceived "
@@ -81,7 +81,7 @@ class FeatureClusteringParams(PostprocessParams):
     min_region: float = param(0.0, low=0.0, high=0.1, step=0.0005, live=False,
                               help="Final map: connected regions smaller than this fraction of the image are "
                                    "merged into the nearest larger region (0 = off); removes speckle")
-    merge_cost: float = param(0.07, low=0.0, high=1.0, step=0.005, live=False,
+    merge_cost: float = param(0.0, low=0.0, high=1.0, step=0.005, live=False,
                               help="Final map: merge clusters whose mean network responses are close, while the "
                                    "Ward cost of a merge stays below this (a fraction of the response variance; "
                                    "0 = off); how many clusters remain depends on the image")
@@ -93,12 +93,12 @@ class FeatureClusteringParams(PostprocessParams):
 PRESETS = {
     "interactive": {},
     # The papers' setting: p = q = 100, M = 2, theta = mu = 1, stop at 3 labels or 1000 iterations, full
-    # scale, RGB input and no final-map refinement (set explicitly, so changed defaults cannot leak in).
+    # scale, RGB input and no final-map refinement (set explicitly, so changed defaults cannot leak in);
+    # the SLIC settings, used only when superpixels is switched on, are those of Kanezaki's reference code.
     "paper": {"theta": 1.0, "mu": 1.0, "min_labels": 3, "max_iterations": 1000, "channels": 100,
               "conv_layers": 2, "scale": 1.0, "train_pixels": 0, "learning_rate": 0.1, "batch_norm": True,
-              "superpixels": False,
-              "colour_space": "rgb", "coordinates": 0.0, "min_region": 0.0, "merge_cost": 0.0,
-              "refine_superpixels": 0},
+              "superpixels": False, "n_superpixels": 10000, "compactness": 100.0, "colour_space": "rgb",
+              "coordinates": 0.0, "min_region": 0.0, "merge_cost": 0.0, "refine_superpixels": 0},
 }
 
 
