@@ -35,3 +35,16 @@ def test_write_section_replaces_only_its_block(tmp_path):
     text = path.read_text()
     assert "intro" in text and "second" in text and "first" not in text and "other" in text
     assert np.char.count(text, "BEGIN a") == 1
+
+
+@pytest.mark.data
+def test_quick_command_runs_every_baseline(capsys):
+    if not datasets.available("lung_ct_2d"):
+        pytest.skip("lung_ct_2d not found")
+    assert main(["quality", "--quick", "--methods", "kmeans", "multi-otsu", "chan-vese",
+                 "--data", "lung_ct_2d"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| lung_ct_2d")]
+    assert len(rows) == 3
+    for row in rows:
+        dsc = float(row.split("dsc ")[1].split(" ")[0])
+        assert 0.0 <= dsc <= 1.0

@@ -75,13 +75,13 @@ class FeatureClusteringParams(PostprocessParams):
     colour_space: str = param("rgb+lab", choices=("rgb", "lab", "rgb+lab"), live=False,
                               help="Colour input of the network: RGB as given, CIE Lab (closer to perceived "
                                    "colour differences), or both as six channels; gray images are used as they are")
-    coordinates: float = param(0.0, low=0.0, high=10.0, step=0.1, live=False,
+    coordinates: float = param(0.0, low=0.0, high=10.0, step=0.1, live=False, advanced=True,
                                help="Weight of two extra input channels holding the pixel's x and y position "
                                     "(0 = off): favours spatially compact clusters")
-    min_region: float = param(0.0, low=0.0, high=0.1, step=0.0005, live=False,
+    min_region: float = param(0.0, low=0.0, high=0.1, step=0.0005, live=False, advanced=True,
                               help="Final map: connected regions smaller than this fraction of the image are "
                                    "merged into the nearest larger region (0 = off); removes speckle")
-    merge_cost: float = param(0.0, low=0.0, high=1.0, step=0.005, live=False,
+    merge_cost: float = param(0.0, low=0.0, high=1.0, step=0.005, live=False, advanced=True,
                               help="Final map: merge clusters whose mean network responses are close, while the "
                                    "Ward cost of a merge stays below this (a fraction of the response variance; "
                                    "0 = off); how many clusters remain depends on the image")
