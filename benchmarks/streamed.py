@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 
 
 def main(method: str, iterations: int, device: str) -> dict:
     import napari
-    from qtpy.QtWidgets import QApplication
+    from qtpy.QtCore import QEventLoop
 
     from napari_selfseg._qt.method_panel import MethodPanel
     from napari_selfseg.methods import get_method
@@ -27,11 +26,11 @@ def main(method: str, iterations: int, device: str) -> dict:
     panel.device_box.value = device if device in panel.device_box.choices else "auto"
     panel.form.set_values({"max_iterations": iterations, "min_labels": 1})
     frames = []
+    loop = QEventLoop()  # a real event loop, idle in C++ like napari's own, not a Python polling loop
     panel.start()
     panel.worker.yielded.connect(frames.append)
-    while panel.worker is not None:
-        QApplication.processEvents()
-        time.sleep(0.002)
+    panel.worker.finished.connect(loop.quit)
+    loop.exec()
     last = frames[-1]
     viewer.close()
     return {"rate": last.iteration / last.elapsed, "frames": len(frames)}

@@ -28,7 +28,7 @@ from .planes import displayed_index, image_plane, label_plane, spatial_shape, wr
 
 # Frames drawn per second while training: several a second reads as live; more costs the worker
 # throughput (each frame is a redraw, in software GL under Xvfb).
-FRAMES_PER_SECOND = 10.0
+FRAMES_PER_SECOND = 5.0
 
 
 class MethodPanel(QWidget):
@@ -246,7 +246,6 @@ class MethodPanel(QWidget):
             layer.metadata["napari_selfseg"] = api.provenance(
                 self.training, image=self.image_layer.name,
                 plane_index=list(self._index), iterations=snap.iteration, final_losses=snap.losses)
-            layer.metadata["napari_selfseg"]["params"] = dict(snap.params)
 
     def _failed(self, err: Exception) -> None:
         show_error(f"{self.method.title} failed: {err}")
