@@ -43,11 +43,9 @@ def first_and_final(image, method: str, preset: str | None, threads: int, device
 
 def headless_rate(image, method: str, iterations: int, threads: int, device: str, max_fps: float, **params):
     """Training iterations per second over a fixed number of steps (no early stop)."""
-    run = training(image, method, threads=threads, device=device, max_fps=max_fps, rgb=True,
-                   max_iterations=iterations, min_labels=1, **params)
-    for snap in run.snapshots():
-        pass
-    return snap.iteration / snap.elapsed
+    final = training(image, method, threads=threads, device=device, max_fps=max_fps, rgb=True,
+                     max_iterations=iterations, min_labels=1, **params).run()
+    return final.iteration / final.elapsed
 
 
 def streamed_rate(method: str, iterations: int, device: str) -> tuple[float, int]:

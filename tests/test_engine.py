@@ -157,3 +157,12 @@ def test_closing_the_generator_counts_as_cancelled():
     next(frames)
     frames.close()
     assert run.stop_reason == "cancelled"
+
+
+def test_run_returns_the_final_frame_and_refuses_a_cancelled_run():
+    run, _ = make_training(stop_rules=StopRules(max_iterations=3))
+    assert run.run().final
+    run, _ = make_training()
+    run.cancel()
+    with pytest.raises(RuntimeError, match="cancelled"):
+        run.run()

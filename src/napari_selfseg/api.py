@@ -68,11 +68,7 @@ def segment(image: np.ndarray, method: str = "feature-clustering", **kwargs: Any
     if is_volume(image, kwargs.get("rgb")):
         return segment_volume(image, method, train_slice=train_slice, **kwargs)
     kwargs.setdefault("max_fps", 0)
-    run = training(image, method, **kwargs)
-    final = None
-    for final in run.snapshots():
-        pass
-    return final.labels
+    return training(image, method, **kwargs).run().labels
 
 
 def is_volume(image: np.ndarray, rgb: bool | None = None) -> bool:
@@ -95,8 +91,7 @@ def segment_volume(volume: np.ndarray, method: str = "feature-clustering", *, tr
         raise InputError(f"train_slice {z} is outside the volume's {volume.shape[0]} slices")
     kwargs.setdefault("max_fps", 0)
     run = training(volume[z], method, **kwargs)
-    for _ in run.snapshots():
-        pass
+    run.run()
     slices = [run.predict(volume[i], rgb=kwargs.get("rgb")) for i in range(volume.shape[0])]
     labels = np.stack(slices)
     return labels.astype(np.result_type(*[s.dtype for s in slices]), copy=False)

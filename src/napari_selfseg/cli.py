@@ -104,9 +104,7 @@ def _segment_one(image, args, overrides, threads):
     run = training(plane, args.method, preset=args.preset, device=args.device, seed=args.seed,
                    max_seconds=args.max_seconds, threads=threads, max_fps=0, rgb=image.rgb, **overrides)
     started = time.perf_counter()
-    final = None
-    for final in run.snapshots():
-        pass
+    final = run.run()
     labels = np.stack([run.predict(s, rgb=image.rgb) for s in data]) if volume else final.labels
     record = provenance(run, input=str(image.path), input_shape=list(data.shape), iterations=final.iteration,
                         final_losses=final.losses, seconds=round(time.perf_counter() - started, 3),

@@ -264,6 +264,15 @@ class Training:
                 self.stop_reason = self.stop_reason or "cancelled"
                 raise
 
+    def run(self) -> Snapshot:
+        """Train to the end without a consumer in between; return the final snapshot."""
+        final = None
+        for final in self.snapshots():
+            pass
+        if final is None or not final.final:
+            raise RuntimeError(f"{self.method.id}: training was cancelled before its final frame")
+        return final
+
     def _loop(self) -> Iterator[Snapshot]:
         trainer = self.method.build(self._ctx)
         rules = self.stop_rules
