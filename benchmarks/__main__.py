@@ -8,6 +8,7 @@ into BENCHMARKS.md (each run replaces its own section).
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 import time
@@ -61,8 +62,6 @@ def machine() -> str:
     import torch
 
     cpu = platform.processor() or platform.machine()
-    import os
-
     return (f"{time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPU cores ({cpu}), Python {platform.python_version()}, "
             f"torch {torch.__version__}, CUDA {'yes: ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no'}")
 

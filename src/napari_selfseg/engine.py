@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import os
 import random
 import threading
 import time
@@ -43,8 +44,6 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 def default_threads() -> int:
     """CPU threads for torch: small, because torch's intra-op pool collapses under load in a Qt worker."""
-    import os
-
     return max(1, min(4, (os.cpu_count() or 2) // 2))
 
 
@@ -133,7 +132,7 @@ class Method:
 
 
 def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch, and ask torch for deterministic kernels where it has them."""
+    """Seed Python, NumPy and torch (CPU kernels are deterministic for a fixed thread count)."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
