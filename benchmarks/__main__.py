@@ -4,19 +4,16 @@ into BENCHMARKS.md (each run replaces its own section).
     python -m benchmarks quality --methods feature-clustering kmeans --data bsds500 ph2 [--limit N] [--write]
     python -m benchmarks quality --quick          # a few images per set: the CI smoke test
     python -m benchmarks speed [--write]
+    python -m benchmarks NAME ...                 # a method's own benchmark: benchmarks/NAME.py's main()
 """
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
-import time
-from pathlib import Path
 
 from . import datasets
+from .report import BENCHMARKS_MD, machine, write_section  # noqa: F401
 
-BENCHMARKS_MD = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
 # What each method is compared with by default, and its parameters in the quality runs.
 DEFAULT_METHODS = ["feature-clustering", "kmeans"]
 METHOD_PARAMS = {"kmeans": {"k": 3}}
@@ -58,31 +55,14 @@ def _method_params(methods, assignments):
     return params
 
 
-def machine() -> str:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    return (f"{time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPU cores ({cpu}), Python {platform.python_version()}, "
-            f"torch {torch.__version__}, CUDA {'yes: ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no'}")
-
-
-def write_section(name: str, body: str, path: Path = BENCHMARKS_MD) -> None:
-    """Replace (or append) the block between this section's markers in BENCHMARKS.md."""
-    from napari_selfseg.io import atomic_path
-
-    begin, end = f"<!-- BEGIN {name} -->", f"<!-- END {name} -->"
-    block = f"{begin}\n{body}\n{end}"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if begin in text and end in text:
-        head, rest = text.split(begin, 1)
-        text = head + block + rest.split(end, 1)[1]
-    else:
-        text = text.rstrip("\n") + f"\n\n{block}\n"
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
-
-
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] not in ("quality", "speed", "-h", "--help"):
+        import importlib
+
+        # methods that train on sets or volumes (cross-validation, 3D) have their own benchmark module
+        module = importlib.import_module(f"benchmarks.{argv[0].replace('-', '_')}")
+        return module.main(argv[1:])
     args = _args(argv)
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     if args.command == "quality":

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,13 @@ import pytest
 
 # A plugin that touches a layer from a worker thread must fail the tests, not pass silently.
 os.environ.setdefault("NAPARI_ENSURE_PLUGIN_MAIN_THREAD", "1")
+# Panel settings persist between sessions: tests keep theirs out of the user's home (and each other's way).
+os.environ["NAPARI_SELFSEG_CONFIG"] = tempfile.mkdtemp(prefix="napari-selfseg-config-")
+
+
+@pytest.fixture(autouse=True)
+def _own_panel_settings(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("NAPARI_SELFSEG_CONFIG", str(tmp_path_factory.mktemp("config")))
 
 DATA = Path(os.environ.get("SELFSEG_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
 

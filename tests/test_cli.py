@@ -69,3 +69,50 @@ def test_skip_existing(images, tmp_path, capsys):
 def test_methods_lists_parameters(capsys):
     assert main(["methods"]) == 0
     assert "feature-clustering" in capsys.readouterr().out
+
+
+def test_train_then_apply_gives_the_same_ids_everywhere(images, tmp_path, capsys):
+    model = tmp_path / "model.safetensors"
+    assert main(["train", str(images / "a.png"), "--method", "feature-clustering", "-o", str(model), *FAST]) == 0
+    out = tmp_path / "out"
+    gray = tmp_path / "gray.tif"
+    tifffile.imwrite(gray, iio.imread(images / "b.tif"))
+    (images / "b.tif").unlink()
+    assert main(["apply", "--model", str(model), str(images), "-o", str(out), "--device", "cpu", "--quiet"]) == 0
+    a = tifffile.imread(out / "a.tif")
+    record = json.loads((out / "a.json").read_text())
+    assert record["applied"] and record["method"] == "feature-clustering" and record["params"]["channels"] == 8
+    from napari_selfseg import load_model
+
+    assert np.array_equal(a, load_model(model, "cpu").predict(iio.imread(images / "a.png")))
+    # an RGB model given a gray image: a clear message, no output
+    assert main(["apply", "--model", str(model), str(gray), "-o", str(out), "--device", "cpu", "--quiet"]) == 1
+    assert "trained on RGB images; this one is gray" in capsys.readouterr().err and not (out / "gray.tif").exists()
+
+
+def test_apply_refuses_a_foreign_model_file(images, tmp_path, capsys):
+    bad = tmp_path / "model.safetensors"
+    bad.write_bytes(b"garbage")
+    assert main(["apply", "--model", str(bad), str(images), "-o", str(tmp_path / "out")]) == 2
+    assert "not a napari-selfseg model" in capsys.readouterr().err
+
+
+def test_train_refuses_unpaired_masks(images, tmp_path, capsys):
+    code = main(["train", str(images), "--labels", str(images / "a.png"), "-o", str(tmp_path / "m"), *FAST])
+    assert code == 2 and "one mask per input" in capsys.readouterr().err
+
+
+def test_distributed_apply_matches_the_serial_run(images, tmp_path):
+    pytest.importorskip("distributed")
+    model = tmp_path / "model.safetensors"
+    main(["train", str(images / "a.png"), "-o", str(model), *FAST])
+    (images / "broken.png").write_bytes(b"not a png")
+    serial, spread = tmp_path / "serial", tmp_path / "spread"
+    (images / "b.tif").unlink()  # gray: this RGB model would refuse it
+    for seed in range(1, 4):
+        iio.imwrite(images / f"c{seed}.png", regions_image(40, seed=seed)[0])
+    assert main(["apply", "--model", str(model), str(images), "-o", str(serial), "--device", "cpu", "--quiet"]) == 1
+    assert main(["apply", "--model", str(model), str(images), "-o", str(spread), "--device", "cpu", "--quiet",
+                 "--scheduler", "local", "--workers", "2"]) == 1  # the broken file fails there too
+    for stem in ("a", "c1", "c2", "c3"):
+        assert np.array_equal(tifffile.imread(serial / f"{stem}.tif"), tifffile.imread(spread / f"{stem}.tif"))

@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterator, Mapping, Protocol
 import numpy as np
 import torch
 
-from .imageprep import InputError, prepare_image
+from .imageprep import InputError, prepare_image, prepare_stack
 from .labelmaps import canonical_labels, match_labels, resize_labels, smallest_dtype
 from .params import make_params
 from .postprocess import postprocess
@@ -61,7 +61,10 @@ class StopRules:
 class Snapshot:
     """One frame of a training: what the panel draws and the API yields.
 
-    ``labels`` is ``(Y, X)`` (image-shaped) with ids from 1; ids are stable between frames of one run.
+    ``labels`` is image-shaped: ``(Y, X)`` for a plane, ``(Z, Y, X)`` for a volume, and for a stack
+    ``(N, Y, X)`` in the final frame but ``(Y, X)`` of slice ``index[0]`` in the frames before it.
+    Clustering ids start at 1 and are stable between frames of one run; semantic methods keep their
+    class ids (0 = background).
     """
 
     iteration: int
@@ -72,15 +75,23 @@ class Snapshot:
     final: bool = False
     stop_reason: str | None = None
     params: Mapping[str, Any] = field(default_factory=dict)
+    index: tuple[int, ...] = ()  # the slice ``labels`` belongs to; () = the whole input
+
+
+INPUT_KINDS = ("plane", "stack", "volume")
 
 
 @dataclass
 class TrainContext:
     """What a method's trainer gets: the prepared image and the run's settings.
 
-    ``image`` is ``(Y, X, C)`` float32 in [0, 1]. ``params`` is replaced (never mutated) by the engine
-    when the user moves a slider, so a trainer reads ``ctx.params`` afresh at every step.
-    ``scribbles`` is ``(Y, X)`` int, 0 = unlabelled, or None.
+    ``image`` is float32 in [0, 1], channels last: ``(Y, X, C)`` for a plane method, ``(N, Y, X, C)``
+    for a stack method, ``(Z, Y, X, C)`` for a volume method. ``params`` is replaced (never mutated)
+    by the engine when the user moves a slider, so a trainer reads ``ctx.params`` afresh at every step.
+    ``scribbles`` is ``(Y, X)`` int, 0 = unlabelled, or None. ``labels`` is ground truth of shape
+    ``image.shape[:-1]``, int64, -1 = unlabelled (0 = background), or None. ``preview`` is the stack
+    slice the user looks at (it may change during training). ``spacing`` is the voxel size per
+    spatial axis (1s when unknown).
     """
 
     image: np.ndarray
@@ -89,6 +100,9 @@ class TrainContext:
     seed: int
     scribbles: np.ndarray | None = None
     mixed_precision: bool = False
+    labels: np.ndarray | None = None
+    preview: int = 0
+    spacing: tuple[float, ...] = ()
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """bfloat16 autocast on CUDA when mixed precision is on; a no-op elsewhere."""
@@ -112,8 +126,19 @@ class Trainer(Protocol):
         """The final label map at the image's resolution, ``(Y, X)`` int."""
 
     def predict(self, image: np.ndarray) -> np.ndarray:
-        """Optional: label another prepared ``(Y, X, C)`` image with what was learnt (cluster ids as in
-        :meth:`finish`), for applying a trained network to other slices or files."""
+        """Optional: label another prepared ``(Y, X, C)`` plane (a ``(Z, Y, X, C)`` volume for volume
+        methods) with what was learnt (ids as in :meth:`finish`), for other slices or files."""
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Optional: what :meth:`predict` needs besides the parameters (weights, centres), for
+        saving the trained model; ``Method.load`` rebuilds a predictor from it."""
+
+
+class Predictor(Protocol):
+    """A trained model rebuilt from a bundle (``Method.load``): labels prepared inputs like
+    :meth:`Trainer.predict`."""
+
+    def predict(self, image: np.ndarray) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -129,6 +154,36 @@ class Method:
     iterative: bool = True  # False: one step gives the answer (no live loss curve)
     stop_rules: Callable[[Any], StopRules] = lambda params: StopRules()
     presets: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # name -> overrides
+    inputs: str = "plane"  # what it trains on: "plane" (2D), "stack" (N same-size planes), "volume" (3D)
+    ground_truth: str = "none"  # "none", "optional" or "required": a Labels layer / mask files of classes
+    semantic: bool = False  # ids are classes (kept as given, 0 = background), not clusters (renumbered)
+    # raw input ((Y, X[, C]), (N, Y, X[, C]) or (Z, Y, X[, C])), params, rgb -> float32 channels last;
+    # None = the engine's percentile normalisation
+    prepare: Callable[[np.ndarray, Any, bool | None], np.ndarray] | None = None
+    load: Callable[[Any, dict, torch.device], Predictor] | None = None  # (params, state_dict, device)
+
+    @property
+    def trains_network(self) -> bool:
+        """True when a trained model can be saved and applied elsewhere."""
+        return self.load is not None
+
+
+def prepare_input(method: Method, image: np.ndarray, params: Any, rgb: bool | None = None) -> np.ndarray:
+    """The method's input from a raw array: ``(Y, X, C)`` for a plane, ``(N|Z, Y, X, C)`` otherwise."""
+    if method.prepare is not None:
+        out = np.asarray(method.prepare(np.asarray(image), params, rgb), dtype=np.float32)
+        want = 3 if method.inputs == "plane" else 4
+        if out.ndim != want:
+            raise InputError(f"{method.id} expects a {method.inputs} input; got shape {np.shape(image)}")
+        return out
+    if method.inputs == "plane":
+        return prepare_image(image, rgb)
+    return prepare_stack(image, rgb)
+
+
+def spatial_shape(method: Method, image: np.ndarray) -> tuple[int, ...]:
+    """The label shape of a prepared input: ``(Y, X)`` per plane for plane and stack methods, ``(Z, Y, X)``."""
+    return tuple(image.shape[1:3] if method.inputs == "stack" else image.shape[:-1])
 
 
 def seed_everything(seed: int) -> None:
@@ -147,8 +202,13 @@ class Training:
 
     Parameters
     ----------
-    image : ``(Y, X)`` or ``(Y, X, 3|4)`` array of any numeric type.
+    image : any numeric type; ``(Y, X)`` or ``(Y, X, 3|4)`` for a plane method, ``(N, Y, X[, C])`` for
+        stack and volume methods.
     params : a parameter instance or a mapping of overrides of the method's defaults.
+    labels : ground truth shaped like the image without channels, -1 = unlabelled (see
+        :func:`napari_selfseg.labelmaps.ground_truth`); for methods that take it.
+    preview : the stack slice whose labels the frames show (stack methods; default the middle one).
+    spacing : voxel size per spatial axis (volume methods), 1s when None.
     max_fps : at most this many intermediate snapshots per second; 0 = only the final one.
     threads : torch CPU threads during the run (restored afterwards); None leaves torch's setting.
     check_every : stop rules look at the labels every this many steps (they cost a host sync on GPUs);
@@ -163,6 +223,9 @@ class Training:
         *,
         rgb: bool | None = None,
         scribbles: np.ndarray | None = None,
+        labels: np.ndarray | None = None,
+        preview: int | None = None,
+        spacing: tuple[float, ...] | None = None,
         device: str = "auto",
         seed: int = 0,
         stop_rules: StopRules | None = None,
@@ -174,7 +237,9 @@ class Training:
         self.method = method
         if params is None or isinstance(params, Mapping):
             params = make_params(method.params, params or {})
-        self.image = prepare_image(image, rgb)
+        self.rgb = rgb
+        self.image = prepare_input(method, image, params, rgb)
+        labels = self._check_labels(labels)
         if scribbles is not None:
             scribbles = np.asarray(scribbles)
             if scribbles.shape != self.image.shape[:2]:
@@ -191,7 +256,11 @@ class Training:
         self.max_fps = max_fps
         self.threads = threads
         self.check_every = check_every or (1 if self.device.type == "cpu" else 10)
-        self._ctx = TrainContext(self.image, params, self.device, self.seed, scribbles, mixed_precision)
+        n = self.image.shape[0]
+        preview = n // 2 if preview is None else int(preview)
+        spacing = tuple(float(s) for s in spacing) if spacing is not None else (1.0,) * (self.image.ndim - 1)
+        self._ctx = TrainContext(self.image, params, self.device, self.seed, scribbles, mixed_precision,
+                                 labels, min(max(preview, 0), n - 1), spacing)
         self._lock = threading.Lock()
         self._pending: Any = None
         self._running = threading.Event()
@@ -200,7 +269,25 @@ class Training:
         self._cancel = threading.Event()
         self.stop_reason: str | None = None
         self.trainer: Trainer | None = None  # kept after training, for predict()
-        self._id_map: dict[int, int] = {}
+        self.id_map = IdMap()
+
+    def _check_labels(self, labels: np.ndarray | None) -> np.ndarray | None:
+        method, shape = self.method, self.image.shape[:-1]
+        if method.ground_truth == "none":
+            return None
+        if labels is not None:
+            labels = np.asarray(labels)
+            if labels.shape != shape:
+                raise InputError(f"ground-truth labels of shape {labels.shape} do not match the image's {shape}")
+            if not np.issubdtype(labels.dtype, np.integer) and labels.dtype != bool:
+                raise InputError(f"ground-truth labels must be integers, got {labels.dtype}")
+            labels = labels.astype(np.int64)
+            if not np.any(labels >= 0):
+                labels = None
+        if labels is None and method.ground_truth == "required":
+            raise InputError(f"{method.title} learns from ground truth: give a Labels layer (or mask files) "
+                             "with at least one annotated slice")
+        return labels
 
     # -- controls, callable from any thread -------------------------------------------------------
     @property
@@ -216,6 +303,11 @@ class Training:
             new = make_params(self.method.params, values, base=base)
             self._pending = new
             return new
+
+    def set_preview(self, index: int) -> None:
+        """Show stack slice ``index`` in the next frames (stack methods; ignored otherwise)."""
+        if self.method.inputs == "stack":
+            self._ctx.preview = min(max(int(index), 0), self.image.shape[0] - 1)  # an int write: atomic
 
     def pause(self) -> None:
         self._running.clear()
@@ -310,39 +402,51 @@ class Training:
                 reason = "time budget"
             now = time.perf_counter()
             if reason is None and min_gap is not None and now - last_emit >= min_gap:
+                index = (self._ctx.preview,) if self.method.inputs == "stack" else ()
                 labels = self._display_labels(current if current is not None else trainer.current(), shown)
                 shown = labels
                 last_emit = now
-                yield self._snapshot(iteration, losses, labels, elapsed)
+                yield self._snapshot(iteration, losses, labels, elapsed, index=index)
         raw = np.asarray(trainer.finish())
-        final = match_labels(raw, shown) if shown is not None else canonical_labels(raw)
-        self._remember_ids(raw, final)
-        final = postprocess(final, self._ctx.params)
+        final = self._final_ids(raw, shown)
+        final = self._postprocess(final)
         self.trainer = trainer
         self.stop_reason = reason
         elapsed = time.perf_counter() - start - paused_for
         yield self._snapshot(iteration, losses, final, elapsed, final=True, reason=reason)
 
-    def _remember_ids(self, raw: np.ndarray, final: np.ndarray) -> None:
-        """Keep the raw-cluster -> label-id map of the final frame, so :meth:`predict` uses the same ids."""
-        self._id_map = {int(r): int(f) for r, f in zip(*np.unique(np.stack([raw.ravel(), final.ravel()]),
-                                                                       axis=1))}
+    def _final_ids(self, raw: np.ndarray, shown: np.ndarray | None) -> np.ndarray:
+        """Final ids: classes as given (semantic), else clusters matched to the last frame; the
+        raw -> id map is kept so :meth:`predict` gives the same cluster the same id."""
+        if self.method.semantic:
+            final = raw
+        elif shown is not None and shown.shape == raw.shape:
+            final = match_labels(raw, shown)
+        else:
+            final = canonical_labels(raw)
+        self.id_map = IdMap.from_pair(raw, final, identity=self.method.semantic)
+        return final
+
+    def _postprocess(self, labels: np.ndarray) -> np.ndarray:
+        return postprocess(labels, self._ctx.params, per_slice=self.method.inputs == "stack" and labels.ndim == 3)
 
     def predict(self, image: np.ndarray, rgb: bool | None = None) -> np.ndarray:
-        """Label another 2D image with the trained method; the same cluster gets the same id as in the
-        final frame (clusters unseen there get new ids, stable across calls). Call after training."""
+        """Label another input with the trained method: a plane (or, for stack methods, a stack of
+        planes) or, for volume methods, a volume. The same cluster gets the same id as in the final
+        frame (clusters unseen there get new ids, stable across calls). Call after training."""
         if self.trainer is None or not hasattr(self.trainer, "predict"):
             raise RuntimeError(f"{self.method.id} cannot label other images (train it first)")
         with _torch_threads(self.threads):
-            raw = np.asarray(self.trainer.predict(prepare_image(image, rgb)))
-        for r in np.unique(raw):
-            self._id_map.setdefault(int(r), max(self._id_map.values(), default=0) + 1)
-        lookup = np.zeros(int(raw.max()) + 1, dtype=np.int64)
-        for r, f in self._id_map.items():
-            if r < len(lookup):
-                lookup[r] = f
-        labels = postprocess(lookup[raw], self._ctx.params)
-        return labels.astype(smallest_dtype(int(labels.max(initial=0))), copy=False)
+            return apply_predictor(self.method, self.trainer, self._ctx.params, self.id_map, image, rgb,
+                                   channels=self.image.shape[-1])
+
+    def state(self) -> dict[str, Any]:
+        """What a model bundle stores of this finished run (see :mod:`napari_selfseg.bundle`)."""
+        if self.trainer is None or not hasattr(self.trainer, "state_dict") or self.method.load is None:
+            raise RuntimeError(f"{self.method.id} has no trained network to save (train it first)")
+        return {"tensors": self.trainer.state_dict(), "params": dataclasses.asdict(self._ctx.params),
+                "id_map": self.id_map.to_json(), "seed": self.seed, "device": str(self.device),
+                "data_shape": list(self.image.shape), "stop_reason": self.stop_reason}
 
     def _check_rules(self, rules, iteration, elapsed, current, previous, unchanged):
         if rules.max_iterations and iteration >= rules.max_iterations:
@@ -357,10 +461,13 @@ class Training:
         return None, unchanged
 
     def _display_labels(self, current: np.ndarray, shown: np.ndarray | None) -> np.ndarray:
-        labels = postprocess(resize_labels(current, self.image.shape[:2]), self._ctx.params)
+        shape = self.image.shape[1:3] if self.method.inputs == "stack" else self.image.shape[:-1]
+        labels = postprocess(resize_labels(np.asarray(current), shape), self._ctx.params)
+        if self.method.semantic:
+            return labels
         return match_labels(labels, shown) if shown is not None else canonical_labels(labels)
 
-    def _snapshot(self, iteration, losses, labels, elapsed, final=False, reason=None) -> Snapshot:
+    def _snapshot(self, iteration, losses, labels, elapsed, final=False, reason=None, index=()) -> Snapshot:
         values = {k: float(v) for k, v in losses.items()}  # the host sync, only when emitting
         n = int(len(np.unique(labels)))
         return Snapshot(
@@ -372,6 +479,7 @@ class Training:
             final=final,
             stop_reason=reason,
             params=dataclasses.asdict(self._ctx.params),
+            index=index,
         )
 
 
@@ -386,3 +494,92 @@ def _torch_threads(n: int | None):
         yield
     finally:
         torch.set_num_threads(before)
+
+
+class IdMap:
+    """Raw cluster id -> label id of one trained model, so every output of it uses the same ids.
+
+    Clusters first seen after training get new ids above the known ones (stable across calls).
+    ``identity`` (semantic methods): class ids are kept as they are.
+    """
+
+    def __init__(self, mapping: Mapping[int, int] | None = None, identity: bool = False):
+        self.mapping = {int(k): int(v) for k, v in (mapping or {}).items()}
+        self.identity = identity
+
+    @classmethod
+    def from_pair(cls, raw: np.ndarray, final: np.ndarray, identity: bool = False) -> "IdMap":
+        if identity:
+            return cls(identity=True)
+        pairs = np.unique(np.stack([np.ravel(raw), np.ravel(final)]), axis=1)
+        return cls(dict(zip(pairs[0].tolist(), pairs[1].tolist())))
+
+    def __call__(self, raw: np.ndarray) -> np.ndarray:
+        raw = np.asarray(raw)
+        if self.identity:
+            return raw
+        for r in np.unique(raw):
+            self.mapping.setdefault(int(r), max(self.mapping.values(), default=0) + 1)
+        lookup = np.zeros(int(raw.max(initial=0)) + 1, dtype=np.int64)
+        for r, f in self.mapping.items():
+            if 0 <= r < len(lookup):
+                lookup[r] = f
+        return lookup[raw]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"identity": self.identity, "mapping": {str(k): v for k, v in self.mapping.items()}}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "IdMap":
+        return cls({int(k): int(v) for k, v in data.get("mapping", {}).items()}, bool(data.get("identity")))
+
+
+def apply_predictor(method: Method, predictor: Any, params: Any, id_map: IdMap, image: np.ndarray,
+                    rgb: bool | None = None, channels: int | None = None) -> np.ndarray:
+    """Label a raw input with a trained ``predictor`` (a trainer or a loaded model).
+
+    Plane and stack methods label a ``(Y, X[, C])`` plane, or each plane of a ``(N, Y, X[, C])`` stack
+    (normalised together); volume methods a ``(Z, Y, X[, C])`` volume. ``channels``: the channel count
+    the model was trained on (checked). Returns the smallest uint type.
+    """
+    if not hasattr(image, "ndim"):
+        image = np.asarray(image)  # dask, zarr and memory-mapped arrays stay lazy: read plane by plane
+    if method.inputs == "volume":
+        volume = _checked_channels(prepare_input(method, np.asarray(image), params, rgb), channels)
+        labels = postprocess(id_map(predictor.predict(volume)), params)
+    else:
+        colour = image.ndim >= 3 and (rgb if rgb is not None else image.shape[-1] in (3, 4))
+        stack = image.ndim - int(colour) == 3
+        if not stack:
+            planes = [np.asarray(image)[None]]
+        elif method.inputs == "plane":  # each plane alone: a large stack never sits in memory as floats
+            planes = (np.asarray(image[i])[None] for i in range(image.shape[0]))
+        else:  # stack methods normalise a stack as a whole, as in training
+            planes = [np.asarray(image)]
+        labels = None
+        for chunk in planes:
+            for p in _checked_channels(_prepare_planes(method, chunk, params, rgb), channels):
+                plane = postprocess(id_map(predictor.predict(p)), params)
+                if labels is None:
+                    labels = np.empty((image.shape[0] if stack else 1, *plane.shape), np.uint32)
+                    filled = 0
+                labels[filled] = plane
+                filled += 1
+        labels = labels if stack else labels[0]
+    labels = np.asarray(labels)
+    return labels.astype(smallest_dtype(int(labels.max(initial=0))), copy=False)
+
+
+def _checked_channels(prepared: np.ndarray, channels: int | None) -> np.ndarray:
+    if channels is not None and prepared.shape[-1] != channels:
+        kind = {1: "gray", 3: "RGB"}
+        raise InputError(f"the model was trained on {kind.get(channels, f'{channels}-channel')} images; this one "
+                         f"is {kind.get(prepared.shape[-1], f'{prepared.shape[-1]}-channel')}")
+    return prepared
+
+
+def _prepare_planes(method: Method, stack: np.ndarray, params: Any, rgb: bool | None) -> np.ndarray:
+    """``(N, Y, X[, C])`` raw planes -> ``(N, Y, X, C)`` prepared as the method's training input was."""
+    if method.inputs == "plane":
+        return np.stack([prepare_input(method, plane, params, rgb) for plane in stack])
+    return prepare_input(method, stack, params, rgb)

@@ -171,3 +171,37 @@ def napari_write_labels(path: str, data: Any, meta: dict) -> list[str]:
     if record:
         written.append(str(write_json(target.with_suffix(".json"), record)))
     return written
+
+
+def napari_get_reader(path: str | list[str]):
+    """npe2 reader: NIfTI volumes (voxel size -> layer scale, affine kept in metadata), multi-page TIFF
+    stacks, and label files written by this plugin (a TIFF / NIfTI with its JSON sidecar opens as a
+    Labels layer carrying its provenance). None for anything else."""
+    if isinstance(path, list):
+        return None if len(path) != 1 else napari_get_reader(path[0])
+    if suffix_of(Path(path)) not in (".nii", ".nii.gz", ".tif", ".tiff"):
+        return None
+    return read_layers
+
+
+def read_layers(path: str | list[str]) -> list[tuple]:
+    """napari layer data tuples for one file (see :func:`napari_get_reader`)."""
+    path = Path(path[0] if isinstance(path, list) else path)
+    image = read_image(path)
+    sidecar = path.with_name(stem_of(path) + ".json")
+    meta: dict[str, Any] = {"name": stem_of(path)}
+    if image.spacing is not None:
+        meta["scale"] = image.spacing
+    if image.affine is not None:
+        meta["metadata"] = {"affine": image.affine.tolist()}
+    if sidecar.is_file() and np.issubdtype(image.data.dtype, np.integer):
+        try:
+            record = json.loads(sidecar.read_text())
+        except (OSError, ValueError):
+            record = None
+        if isinstance(record, dict) and "method" in record:
+            meta.setdefault("metadata", {})["napari_selfseg"] = record
+            return [(image.data, meta, "labels")]
+    if image.rgb:
+        meta["rgb"] = True
+    return [(image.data, meta, "image")]

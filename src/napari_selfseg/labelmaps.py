@@ -68,3 +68,26 @@ def resize_labels(labels: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
         for inp, out in zip(labels.shape, shape)
     ])
     return labels[index]
+
+
+def ground_truth(labels: np.ndarray, unannotated_slices: bool = False) -> np.ndarray:
+    """Ground truth as the engine takes it: int64 with -1 = unlabelled, 0 = background.
+
+    A binary mask stored as 0 / v (0 / 255, 0 / 1, bool) becomes 0 / 1; multi-class ids are kept.
+    ``unannotated_slices``: ``labels`` is a stack a user painted (a napari Labels layer), so a plane
+    along the first axis with no nonzero pixel was not annotated and becomes -1 as a whole.
+    """
+    labels = np.asarray(labels)
+    if labels.dtype == bool:
+        labels = labels.astype(np.uint8)
+    if not np.issubdtype(labels.dtype, np.integer):
+        if not np.all(np.isfinite(labels)) or np.any(labels != np.round(labels)):
+            raise ValueError(f"ground truth must hold integer class ids, got {labels.dtype} values")
+    out = labels.astype(np.int64)
+    values = np.unique(out[out >= 0])
+    if len(values) == 2 and values[0] == 0 and values[1] > 1:
+        out[out == values[1]] = 1
+    if unannotated_slices and out.ndim >= 3:
+        annotated = (out > 0).reshape(out.shape[0], -1).any(axis=1)
+        out[~annotated] = -1
+    return out

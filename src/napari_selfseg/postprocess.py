@@ -21,7 +21,8 @@ class PostprocessParams:
 
 
 def split_border_components(labels: np.ndarray) -> np.ndarray:
-    """Relabel each connected component (4-connectivity) touching the border of ``(Y, X)`` labels.
+    """Relabel each connected component (face connectivity) touching the border of ``(Y, X)`` or
+    ``(Z, Y, X)`` labels.
 
     Each such component gets a new id above the current maximum; interior regions keep theirs.
     """
@@ -30,15 +31,21 @@ def split_border_components(labels: np.ndarray) -> np.ndarray:
     next_id = int(out.max(initial=0)) + 1
     for value in np.unique(labels):
         components, _ = ndimage.label(labels == value)
-        border_ids = np.unique(np.concatenate([components[0], components[-1], components[:, 0], components[:, -1]]))
+        faces = [np.take(components, i, axis=a).ravel() for a in range(labels.ndim) for i in (0, -1)]
+        border_ids = np.unique(np.concatenate(faces))
         for cid in border_ids[border_ids > 0]:
             out[components == cid] = next_id
             next_id += 1
     return out
 
 
-def postprocess(labels: np.ndarray, params: Any) -> np.ndarray:
-    """Apply the switched-on steps of ``params`` (a no-op for parameters without the switches)."""
-    if getattr(params, "border_components", False) and labels.ndim == 2:
-        labels = split_border_components(labels)
-    return labels
+def postprocess(labels: np.ndarray, params: Any, per_slice: bool = False) -> np.ndarray:
+    """Apply the switched-on steps of ``params`` (a no-op for parameters without the switches).
+
+    ``per_slice``: ``labels`` is a ``(N, Y, X)`` stack of independent planes, processed one by one.
+    """
+    if not getattr(params, "border_components", False):
+        return labels
+    if per_slice:
+        return np.stack([split_border_components(plane) for plane in labels])
+    return split_border_components(labels)

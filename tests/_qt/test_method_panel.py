@@ -146,3 +146,33 @@ def test_paper_preset_fills_the_form_and_an_edit_returns_to_custom(panel):
     assert panel.preset_box.value == "paper"
     panel.form.widgets["mu"].value = 3.0
     assert panel.preset_box.value == "(custom)"
+
+
+def test_settings_persist_between_sessions_until_restored(panel, qtbot, make_napari_viewer):
+    panel.form.set_values({"mu": 3.5, "max_iterations": 3})
+    panel.train_button.click()
+    wait_idle(qtbot, panel)
+    again = FeatureClusteringPanel(make_napari_viewer())
+    assert again.form.values().mu == 3.5  # remembered from the last training
+    again.restore_defaults()
+    assert again.form.values().mu == 1.0
+    assert FeatureClusteringPanel(make_napari_viewer()).form.values().mu == 1.0  # forgotten
+
+
+def test_sweep_shows_results_side_by_side_and_keeps_one(panel, qtbot):
+    sweep = panel.sweep_section
+    sweep.first.value = "mu"
+    sweep.first_values.value = "0.5, 4"
+    sweep.second.value = "channels"
+    sweep.second_values.value = "8"
+    panel.form.set_values({"max_iterations": 5})
+    sweep.start()
+    qtbot.waitUntil(lambda: sweep.worker is None, timeout=60000)
+    names = sorted(sweep.layers)
+    assert names == ["regions mu=0.5 channels=8", "regions mu=4 channels=8"]
+    assert panel.viewer.grid.enabled
+    sweep.keep("regions mu=4 channels=8")
+    layer_names = [layer.name for layer in panel.viewer.layers]
+    assert "regions mu=0.5 channels=8" not in layer_names and "regions mu=4 channels=8" in layer_names
+    assert panel.form.values().mu == 4.0 and panel.form.values().channels == 8
+    assert not panel.viewer.grid.enabled

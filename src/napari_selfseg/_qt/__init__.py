@@ -17,6 +17,12 @@ def panel_class(method_id: str) -> type[MethodPanel]:
 
 
 FeatureClusteringPanel = panel_class("feature-clustering")
+SgscnPanel = panel_class("sgscn")
+AcwePanel = panel_class("acwe")
+DeepClustering3dPanel = panel_class("deep-clustering-3d")
+UnetPanel = panel_class("unet")
+LganPanel = panel_class("lgan")
+CyclePanel = panel_class("cycle")
 KmeansPanel = panel_class("kmeans")
 MultiOtsuPanel = panel_class("multi-otsu")
 ChanVesePanel = panel_class("chan-vese")

@@ -21,9 +21,13 @@ from qtpy.QtWidgets import QHBoxLayout, QLabel, QPushButton, QScrollArea, QSizeP
 from .. import api
 from ..engine import Method, Snapshot, Training, resolve_device
 from ..imageprep import InputError
+from ..labelmaps import ground_truth
 from .loss_plot import LossPlot
+from .model_section import ModelSection
 from .param_form import ParamForm
-from .planes import displayed_index, image_plane, label_plane, spatial_shape, write_plane
+from .settings import load_settings, save_settings
+from .sweep_section import SweepSection
+from .planes import displayed_index, image_plane, label_plane, spatial_shape, training_input, write_plane
 
 
 # Frames drawn per second while training: several a second reads as live; more costs the worker
@@ -47,7 +51,10 @@ class MethodPanel(QWidget):
         self._window = None  # the main window, watched so closing the viewer ends a running training
         self._applying_preset = False
         self._labelling_slices = False  # the worker labels all slices (not a training)
+        self.model_section: ModelSection | None = None  # save / load / apply, for methods with a network
+        self.sweep_section: SweepSection | None = None
         self._build()
+        self._restore_settings()
         self._connect_viewer()
         self._set_running(False)
 
@@ -57,6 +64,10 @@ class MethodPanel(QWidget):
                                   "(for a stack, the displayed slice)")
         self.scribble_box = ComboBox(label="scribbles", choices=self._labels_layers, nullable=True,
                                      tooltip="Optional Labels layer of user scribbles: each scribble id is a class")
+        self.truth_box = ComboBox(label="ground truth", choices=self._labels_layers,
+                                  nullable=self.method.ground_truth != "required",
+                                  tooltip="Labels layer of ground truth (0 = background). In a stack, only slices "
+                                          "with painted labels count as annotated")
         self.preset_box = ComboBox(label="preset", choices=["(custom)", *self.method.presets],
                                    value="(custom)", tooltip="Fill the parameters from a named setting")
         self.device_box = ComboBox(label="device", choices=self._devices(), tooltip="auto = CUDA if present")
@@ -70,6 +81,10 @@ class MethodPanel(QWidget):
         self.pause_button = QPushButton("Pause")
         self.stop_button = QPushButton("Stop")
         self.apply_button = QPushButton("Label all slices")
+        self.defaults_button = QPushButton("Restore defaults")
+        self.defaults_button.setToolTip("Reset every parameter to the method's default (settings are remembered "
+                                        "between sessions otherwise)")
+        self.defaults_button.clicked.connect(self.restore_defaults)
         self.train_button.setToolTip("Train on the displayed plane of the chosen image")
         self.stop_button.setToolTip("Stop training; the network's final full-resolution labels are kept")
         self.apply_button.setToolTip("Label every slice of the stack with the trained network (same ids)")
@@ -93,7 +108,8 @@ class MethodPanel(QWidget):
         title = QLabel(f"<b>{self.method.title}</b><br><small>{self.method.description}</small>")
         title.setWordWrap(True)
         layout.addWidget(title)
-        for w in (self.image_box, self.scribble_box if self.method.uses_scribbles else None, self.preset_box,
+        for w in (self.image_box, self.scribble_box if self.method.uses_scribbles else None,
+                  self.truth_box if self.method.ground_truth != "none" else None, self.preset_box,
                   self.device_box, self.seed_box):
             if w is not None:
                 layout.addWidget(_labelled(w))
@@ -102,8 +118,17 @@ class MethodPanel(QWidget):
             folded = QCollapsible("Advanced")
             folded.addWidget(self.form.advanced.native)
             layout.addWidget(folded)
+        layout.addWidget(self.defaults_button)
         layout.addLayout(buttons)
         layout.addWidget(self.apply_button)
+        self.model_section = ModelSection(self) if self.method.trains_network else None
+        if self.model_section is not None:
+            layout.addWidget(QLabel("<b>Model</b>"))
+            layout.addWidget(self.model_section)
+        self.sweep_section = SweepSection(self)
+        sweep = QCollapsible("Parameter sweep")
+        sweep.addWidget(self.sweep_section)
+        layout.addWidget(sweep)
         layout.addWidget(self.status)
         layout.addWidget(self.plot)
         if not self.method.iterative:  # one step gives the answer: nothing to pause, no curve to watch
@@ -123,6 +148,7 @@ class MethodPanel(QWidget):
         for event in (events.inserted, events.removed, events.reordered):
             event.connect(self._refresh_choices)
         events.removed.connect(self._layer_removed)
+        self.viewer.dims.events.current_step.connect(self._slice_changed)
 
     def _image_layers(self, *_):
         return [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, Image)]
@@ -140,12 +166,35 @@ class MethodPanel(QWidget):
     def _refresh_choices(self, *_):
         self.image_box.reset_choices()
         self.scribble_box.reset_choices()
+        self.truth_box.reset_choices()
+
+    def _slice_changed(self, *_) -> None:
+        """Stack methods stream the slice the user looks at: follow the dims slider."""
+        if self.worker is not None and self.training is not None and self.method.inputs == "stack":
+            index = displayed_index(self.viewer, self.image_layer)
+            if index[:-1] == self._index:
+                self.training.set_preview(index[-1])
 
     def _image_changed(self, *_) -> None:
         if self.worker is None:
             self._set_running(False)  # "Label all slices" is offered for stacks only
 
     # -- parameters -----------------------------------------------------------------------------
+    def _restore_settings(self) -> None:
+        """Start from the values the user last trained with (invalid or outdated entries are skipped)."""
+        for name, value in load_settings(self.method.id).items():
+            if name in self.form.widgets:
+                try:
+                    self.form.set_values({name: value})
+                except (ValueError, TypeError):
+                    pass
+
+    def restore_defaults(self) -> None:
+        """Every parameter back to the method's default; the remembered settings are forgotten."""
+        self.form.reset()
+        self.preset_box.value = "(custom)"
+        save_settings(self.method.id, None)
+
     def _apply_preset(self, name: str) -> None:
         if name in self.method.presets:
             self._applying_preset = True
@@ -177,7 +226,10 @@ class MethodPanel(QWidget):
             show_error(f"{self.method.title}: {err}")
             self.status.setText(f"Cannot train: {err}")
             return
+        save_settings(self.method.id, {n: w.value for n, w in self.form.widgets.items()})
         self.plot.clear()
+        if self.model_section is not None:
+            self.model_section.forget_loaded()  # Apply now uses this training
         self._progress_shown = 0.0
         self._progress = progress(total=self.training.stop_rules.max_iterations or 0,
                                   desc=f"{self.method.title} on {self.image_box.value.name}")
@@ -195,12 +247,14 @@ class MethodPanel(QWidget):
             raise InputError("open an image first (File > Open, or File > Open Sample > napari-selfseg)")
         self.image_layer = image_layer
         index = displayed_index(self.viewer, image_layer)
-        plane = image_plane(image_layer, index)
+        data, index, preview = training_input(image_layer, index, self.method.inputs)
         scribbles = self._scribbles(image_layer, index)
+        truth = self._ground_truth(image_layer, index)
         params = self.form.values()
         threads = 1 if resolve_device(self.device_box.value).type == "cpu" else None
-        run = Training(self.method, plane, params, rgb=image_layer.rgb, scribbles=scribbles,
-                       device=self.device_box.value, seed=int(self.seed_box.value),
+        run = Training(self.method, data, params, rgb=image_layer.rgb, scribbles=scribbles, labels=truth,
+                       preview=preview, spacing=tuple(image_layer.scale[-3:]) if self.method.inputs == "volume"
+                       else None, device=self.device_box.value, seed=int(self.seed_box.value),
                        stop_rules=self.method.stop_rules(params), threads=threads, max_fps=FRAMES_PER_SECOND)
         self._ensure_labels_layer(image_layer)
         return run, index
@@ -214,6 +268,17 @@ class MethodPanel(QWidget):
             raise InputError(f"scribble layer '{layer.name}' has shape {layer.data.shape}, "
                              f"the image {spatial_shape(image_layer)}")
         return plane if np.any(plane) else None
+
+    def _ground_truth(self, image_layer, index) -> np.ndarray | None:
+        """The chosen ground-truth layer's part under ``index``, -1 on slices nobody annotated."""
+        layer = self.truth_box.value if self.method.ground_truth != "none" else None
+        if layer is None:
+            return None
+        truth = label_plane(layer, index, spatial_shape(image_layer))
+        if truth is None:
+            raise InputError(f"ground-truth layer '{layer.name}' has shape {layer.data.shape}, "
+                             f"the image {spatial_shape(image_layer)}")
+        return ground_truth(truth, unannotated_slices=self.method.inputs != "plane")
 
     def _ensure_labels_layer(self, image_layer) -> None:
         """Reuse this panel's Labels layer if it still fits the image, else add a new one."""
@@ -231,7 +296,10 @@ class MethodPanel(QWidget):
         """GUI thread: copy a finished frame into the Labels layer, update readouts."""
         layer = self.labels_layer
         if layer is not None and layer in self.viewer.layers:
-            write_plane(layer, self._index, snap.labels)
+            labels, where = snap.labels, self._index + snap.index
+            if len(where) + labels.ndim > layer.data.ndim:  # a 2D image trained as a stack of one
+                labels, where = labels.reshape(labels.shape[-2:]), ()
+            write_plane(layer, where, labels)
         self.plot.add(snap.iteration, snap.losses)
         now = time.perf_counter()
         if self._progress is not None and (snap.final or now - self._progress_shown >= 1.0):
@@ -286,6 +354,10 @@ class MethodPanel(QWidget):
             self.worker.quit()  # the slice-labelling generator stops after its current slice
         if self.worker is not None and wait:
             self.worker.await_workers(5000)
+        if self.model_section is not None:
+            self.model_section.cancel(wait)
+        if self.sweep_section is not None:
+            self.sweep_section.cancel(wait)
 
     def _set_running(self, running: bool) -> None:
         self.train_button.setEnabled(not running)
@@ -293,13 +365,20 @@ class MethodPanel(QWidget):
         self.pause_button.setText("Pause")
         self.stop_button.setEnabled(running)
         self.form.set_training(running)
-        for box in (self.image_box, self.scribble_box, self.preset_box, self.device_box, self.seed_box):
+        for box in (self.image_box, self.scribble_box, self.truth_box, self.preset_box, self.device_box,
+                    self.seed_box):
             box.enabled = not running
+        self.defaults_button.setEnabled(not running)
         image = self.image_box.value
-        stack = image is not None and len(spatial_shape(image)) > 2
+        # stack and volume methods label every slice themselves
+        stack = image is not None and len(spatial_shape(image)) > 2 and self.method.inputs == "plane"
         trained = self.training is not None and self.training.trainer is not None
         self.apply_button.setVisible(stack)
         self.apply_button.setEnabled(stack and trained and not running)
+        if self.model_section is not None:
+            self.model_section.refresh(busy=running)
+        if self.sweep_section is not None:
+            self.sweep_section.refresh(busy=running)
 
     # -- after training -------------------------------------------------------------------------
     def label_all_slices(self) -> None:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..imageprep import InputError
+
 
 def spatial_shape(layer) -> tuple[int, ...]:
     """Shape of a napari Image layer without its RGB(A) axis (full resolution if multiscale)."""
@@ -28,13 +30,32 @@ def image_plane(layer, index: tuple[int, ...]) -> np.ndarray:
     return np.asarray(data[index])
 
 
+def training_input(layer, index: tuple[int, ...], inputs: str) -> tuple[np.ndarray, tuple[int, ...], int]:
+    """What a method of ``inputs`` kind trains on, given the displayed plane ``index`` of an Image layer.
+
+    Returns ``(data, prefix, preview)``: a plane for plane methods (prefix = ``index``); the stack of
+    planes along the last non-YX axis for stack and volume methods (prefix = the other leading axes,
+    e.g. the time point; preview = the displayed slice). A 2D image is a stack of one for stack methods.
+    """
+    if inputs == "plane":
+        return image_plane(layer, index), index, 0
+    if not index:
+        if inputs == "volume":
+            raise InputError("this method segments 3D volumes; the image is 2D")
+        return image_plane(layer, ())[None], (), 0
+    return image_plane(layer, index[:-1]), index[:-1], index[-1]
+
+
 def label_plane(layer, index: tuple[int, ...], shape: tuple[int, ...]) -> np.ndarray | None:
-    """The plane at ``index`` of a Labels layer when it matches the image's spatial ``shape``, else None."""
-    data = np.asarray(layer.data)
-    if data.shape == shape:
-        return data[index]
-    if data.shape == shape[-2:]:  # a 2D scribble layer drawn over a stack
-        return data
+    """The part at ``index`` of a Labels layer when it matches the image's spatial ``shape``, else None.
+
+    ``index`` may select a plane or, for stack methods, a whole stack (fewer leading indices).
+    """
+    data = layer.data
+    if tuple(data.shape) == tuple(shape):
+        return np.asarray(data[index])
+    if tuple(data.shape) == tuple(shape[-2:]) and len(index) == len(shape) - 2:  # a 2D layer over a stack
+        return np.asarray(data)
     return None
 
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..engine import Method
-from . import baselines, feature_clustering
+from . import acwe, baselines, deep_clustering_3d, feature_clustering, sgscn, supervised
 
 _REGISTRY: dict[str, Method] = {}
 
@@ -28,5 +28,6 @@ def list_methods() -> list[str]:
     return list(_REGISTRY)
 
 
-for _method in (feature_clustering.METHOD, *baselines.METHODS):
+for _method in (feature_clustering.METHOD, *sgscn.METHODS, *acwe.METHODS, *deep_clustering_3d.METHODS,
+                *supervised.METHODS, *baselines.METHODS):
     register(_method)

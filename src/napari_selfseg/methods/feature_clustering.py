@@ -21,6 +21,7 @@ merging of small connected regions (``min_region``). The ``paper`` preset switch
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,6 +37,7 @@ from ..losses import self_label_cross_entropy, spatial_continuity
 from ..nn import ResponseNet
 from ..params import param
 from ..postprocess import PostprocessParams
+from ..tiling import tiled_forward
 
 
 @dataclass
@@ -282,28 +284,58 @@ class FeatureClusteringTrainer:
     def current(self) -> np.ndarray:
         return self.target[0].cpu().numpy()
 
-    @torch.no_grad()
     def predict(self, image: np.ndarray) -> np.ndarray:
-        """Cluster ids ``(Y, X)`` of a prepared ``(Y, X, C)`` image by the trained network, at full
-        resolution, with the final-map refinements (``merge_cost``, ``refine_superpixels``, ``min_region``)
-        applied."""
-        p = self.ctx.params
-        self.model.train()  # batch statistics, as during training: the responses stay normalised
-        with self.ctx.autocast():
-            response = self.model(_to_tensor(_features(image, p.colour_space, p.coordinates), self.ctx.device, 1.0))
-        labels = response.argmax(1)[0]
-        if p.merge_cost > 0:
-            lut = _ward_merge(*_cluster_means(response[0], labels), p.merge_cost)
-            labels = torch.from_numpy(lut).to(labels.device)[labels]
-        labels = labels.cpu().numpy()
-        if p.refine_superpixels > 0:
-            labels = _superpixel_majority(labels, image, p.refine_superpixels, p.compactness)
-        if p.min_region > 0:
-            labels = _merge_small_regions(labels, max(1, round(p.min_region * labels.size)))
-        return labels
+        return predict_clusters(self.model, self.ctx.params, image, self.ctx.device, self.ctx.autocast())
 
     def finish(self) -> np.ndarray:
         return self.predict(self.ctx.image)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return dict(self.model.state_dict())
+
+
+@torch.no_grad()
+def predict_clusters(model: ResponseNet, p: FeatureClusteringParams, image: np.ndarray, device: torch.device,
+                     autocast=None) -> np.ndarray:
+    """Cluster ids ``(Y, X)`` of a prepared ``(Y, X, C)`` image by a trained network, at full resolution,
+    with the final-map refinements (``merge_cost``, ``refine_superpixels``, ``min_region``) applied."""
+    model.train()  # batch statistics, as during training: the responses stay normalised
+    x = _to_tensor(_features(image, p.colour_space, p.coordinates), device, 1.0)
+    with autocast or contextlib.nullcontext():
+        if p.merge_cost > 0:  # needs every response channel at once
+            response = model(x)
+            labels = response.argmax(1)[0]
+            lut = _ward_merge(*_cluster_means(response[0], labels), p.merge_cost)
+            labels = torch.from_numpy(lut).to(labels.device)[labels]
+        else:  # large images in tiles, with the whole image's batch statistics (no seams)
+            labels = tiled_forward(model, x, TILE, overlap=2 * p.conv_layers + 2, reduce=_argmax)[0, 0]
+    labels = labels.cpu().numpy()
+    if p.refine_superpixels > 0:
+        labels = _superpixel_majority(labels, image, p.refine_superpixels, p.compactness)
+    if p.min_region > 0:
+        labels = _merge_small_regions(labels, max(1, round(p.min_region * labels.size)))
+    return labels
+
+
+TILE = 1024  # pixels per tile side when labelling large images
+
+
+def _argmax(response: torch.Tensor) -> torch.Tensor:
+    return response.argmax(1, keepdim=True)
+
+
+class FeatureClusteringModel:
+    """A trained feature-clustering network rebuilt from a model bundle."""
+
+    def __init__(self, params: FeatureClusteringParams, state: dict[str, torch.Tensor], device: torch.device):
+        in_channels = state["features.0.weight"].shape[1]  # colour space and coordinates fix it
+        self.model = ResponseNet(in_channels, params.channels, params.channels, params.conv_layers,
+                                 params.batch_norm).to(device)
+        self.model.load_state_dict(state)
+        self.params, self.device = params, device
+
+    def predict(self, image: np.ndarray) -> np.ndarray:
+        return predict_clusters(self.model, self.params, image, self.device)
 
 
 METHOD = Method(
@@ -315,4 +347,5 @@ METHOD = Method(
     uses_scribbles=True,
     stop_rules=_stop_rules,
     presets=PRESETS,
+    load=FeatureClusteringModel,
 )

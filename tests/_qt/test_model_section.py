@@ -1,0 +1,68 @@
+"""Keep and reuse from the panel: save a trained model, load it, apply it to a layer and to a folder."""
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import tifffile
+
+from napari_selfseg._qt import FeatureClusteringPanel
+
+from ..conftest import regions_image
+
+pytestmark = pytest.mark.gui
+FAST = {"channels": 8, "max_iterations": 15, "min_labels": 1}
+
+
+@pytest.fixture
+def trained(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    viewer.add_image(regions_image(48)[0], name="regions", rgb=True)
+    panel = FeatureClusteringPanel(viewer)
+    viewer.window.add_dock_widget(panel)
+    panel.form.set_values(FAST)
+    assert not panel.model_section.save_button.isEnabled()  # nothing trained yet
+    panel.train_button.click()
+    qtbot.waitUntil(lambda: panel.worker is None, timeout=60000)
+    yield panel
+    panel.cancel(wait=True)
+
+
+def wait_section(qtbot, section):
+    qtbot.waitUntil(lambda: section.worker is None, timeout=60000)
+
+
+def test_saved_model_applies_to_another_layer_with_the_same_ids(trained, qtbot, tmp_path):
+    section = trained.model_section
+    assert section.save_button.isEnabled()
+    path = section.save(tmp_path / "fc")
+    assert path.exists() and "Saved" in section.status.text()
+    other = trained.viewer.add_image(regions_image(48, seed=3)[0], name="other", rgb=True)
+    section.load(path)
+    assert section.model is not None and trained.form.values().channels == 8
+    section.apply_to_layer(other)
+    wait_section(qtbot, section)
+    layer = trained.viewer.layers["other feature clustering"]
+    assert np.array_equal(layer.data, trained.training.predict(other.data, rgb=True))
+    section.apply_to_layer(trained.viewer.layers["regions"])  # the training image: the ids of its layer
+    wait_section(qtbot, section)
+    assert np.array_equal(trained.labels_layer.data, trained.training.predict(trained.image_layer.data, rgb=True))
+
+
+def test_apply_to_folder_writes_label_files_and_reports_failures(trained, qtbot, tmp_path):
+    folder, out = tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    for seed in range(2):
+        iio.imwrite(folder / f"im{seed}.png", regions_image(40, seed=seed)[0])
+    (folder / "broken.png").write_bytes(b"no image")
+    trained.model_section.apply_to_folder(folder, out)
+    wait_section(qtbot, trained.model_section)
+    assert sorted(p.name for p in out.iterdir()) == ["im0.json", "im0.tif", "im1.json", "im1.tif"]
+    assert tifffile.imread(out / "im0.tif").shape == (40, 40)
+    assert "1 failed" in trained.model_section.status.text()
+
+
+def test_loading_a_foreign_file_says_so_and_keeps_the_panel_usable(trained, tmp_path):
+    bad = tmp_path / "x.safetensors"
+    bad.write_bytes(b"junk")
+    assert trained.model_section.load(bad) is None
+    assert "not a napari-selfseg model" in trained.model_section.status.text()
+    assert trained.train_button.isEnabled() and trained.model_section.apply_button.isEnabled()
