@@ -117,7 +117,7 @@ def segment(image: np.ndarray, method: str = "feature-clustering", **kwargs: Any
     image = np.asarray(image)
     train_slice = kwargs.pop("train_slice", None)
     inputs = get_method(method).inputs
-    volume = is_volume(image, kwargs.get("rgb"))
+    volume = is_volume(image, kwargs.get("rgb"), channels=inputs == "volume")
     kwargs.setdefault("max_fps", 0)
     if inputs == "plane" and volume:
         return segment_volume(image, method, train_slice=train_slice, **kwargs)
@@ -128,8 +128,11 @@ def segment(image: np.ndarray, method: str = "feature-clustering", **kwargs: Any
     return training(image, method, **kwargs).run().labels
 
 
-def is_volume(image: np.ndarray, rgb: bool | None = None) -> bool:
-    """True for ``(Z, Y, X)`` (and ``(Z, Y, X, 3|4)`` colour) stacks."""
+def is_volume(image: np.ndarray, rgb: bool | None = None, channels: bool = False) -> bool:
+    """True for ``(Z, Y, X)`` (and ``(Z, Y, X, 3|4)`` colour) stacks; with ``channels``, also for
+    ``(Z, Y, X, C)`` with a few channels (e.g. FLAIR + T1c for a volume method)."""
+    if channels and image.ndim == 4 and image.shape[-1] <= 8:
+        return True
     colour = image.ndim >= 3 and (rgb if rgb is not None else image.shape[-1] in (3, 4))
     return image.ndim - int(colour) == 3
 

@@ -66,7 +66,7 @@ def segment_image(image: ImageFile, method: str, threads: int | None = None, **k
     slices; volume methods on the volume. ``kwargs`` are :func:`napari_selfseg.api.training`'s.
     """
     spec, data = get_method(method), image.data
-    volume = is_volume(data, image.rgb)
+    volume = is_volume(data, image.rgb, channels=spec.inputs == "volume")
     common = dict(rgb=image.rgb, threads=threads, max_fps=0, **kwargs)
     if spec.inputs == "volume" and not volume:
         raise InputError(f"{method} segments 3D volumes; {image.path.name} has shape {data.shape}")

@@ -428,7 +428,8 @@ class Training:
         return final
 
     def _postprocess(self, labels: np.ndarray) -> np.ndarray:
-        return postprocess(labels, self._ctx.params, per_slice=self.method.inputs == "stack" and labels.ndim == 3)
+        return postprocess(labels, self._ctx.params, per_slice=self.method.inputs == "stack" and labels.ndim == 3,
+                           semantic=self.method.semantic)
 
     def predict(self, image: np.ndarray, rgb: bool | None = None) -> np.ndarray:
         """Label another input with the trained method: a plane (or, for stack methods, a stack of
@@ -462,14 +463,16 @@ class Training:
 
     def _display_labels(self, current: np.ndarray, shown: np.ndarray | None) -> np.ndarray:
         shape = self.image.shape[1:3] if self.method.inputs == "stack" else self.image.shape[:-1]
-        labels = postprocess(resize_labels(np.asarray(current), shape), self._ctx.params)
+        labels = postprocess(resize_labels(np.asarray(current), shape), self._ctx.params,
+                             semantic=self.method.semantic)
         if self.method.semantic:
             return labels
         return match_labels(labels, shown) if shown is not None else canonical_labels(labels)
 
     def _snapshot(self, iteration, losses, labels, elapsed, final=False, reason=None, index=()) -> Snapshot:
         values = {k: float(v) for k, v in losses.items()}  # the host sync, only when emitting
-        n = int(len(np.unique(labels)))
+        n = int(np.count_nonzero(np.bincount(labels.ravel()))) if labels.min(initial=0) >= 0 \
+            else int(len(np.unique(labels)))  # bincount: far cheaper than unique on volumes
         return Snapshot(
             iteration=iteration,
             losses=values,
@@ -546,7 +549,7 @@ def apply_predictor(method: Method, predictor: Any, params: Any, id_map: IdMap, 
         image = np.asarray(image)  # dask, zarr and memory-mapped arrays stay lazy: read plane by plane
     if method.inputs == "volume":
         volume = _checked_channels(prepare_input(method, np.asarray(image), params, rgb), channels)
-        labels = postprocess(id_map(predictor.predict(volume)), params)
+        labels = postprocess(id_map(predictor.predict(volume)), params, semantic=method.semantic)
     else:
         colour = image.ndim >= 3 and (rgb if rgb is not None else image.shape[-1] in (3, 4))
         stack = image.ndim - int(colour) == 3
@@ -559,7 +562,7 @@ def apply_predictor(method: Method, predictor: Any, params: Any, id_map: IdMap, 
         labels = None
         for chunk in planes:
             for p in _checked_channels(_prepare_planes(method, chunk, params, rgb), channels):
-                plane = postprocess(id_map(predictor.predict(p)), params)
+                plane = postprocess(id_map(predictor.predict(p)), params, semantic=method.semantic)
                 if labels is None:
                     labels = np.empty((image.shape[0] if stack else 1, *plane.shape), np.uint32)
                     filled = 0

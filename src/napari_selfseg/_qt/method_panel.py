@@ -31,8 +31,10 @@ from .planes import displayed_index, image_plane, label_plane, spatial_shape, tr
 
 
 # Frames drawn per second while training: several a second reads as live; more costs the worker
-# throughput (each frame is a redraw, in software GL under Xvfb).
+# throughput (each frame is a redraw, in software GL under Xvfb). A volume frame is a whole 3D label map
+# to resize, match and upload: once a second.
 FRAMES_PER_SECOND = 5.0
+VOLUME_FRAMES_PER_SECOND = 1.0
 
 
 class MethodPanel(QWidget):
@@ -85,7 +87,9 @@ class MethodPanel(QWidget):
         self.defaults_button.setToolTip("Reset every parameter to the method's default (settings are remembered "
                                         "between sessions otherwise)")
         self.defaults_button.clicked.connect(self.restore_defaults)
-        self.train_button.setToolTip("Train on the displayed plane of the chosen image")
+        self.train_button.setToolTip({"plane": "Train on the displayed plane of the chosen image",
+                                      "stack": "Train on all slices of the chosen image (the displayed one streams)",
+                                      "volume": "Train on the chosen 3D volume"}[self.method.inputs])
         self.stop_button.setToolTip("Stop training; the network's final full-resolution labels are kept")
         self.apply_button.setToolTip("Label every slice of the stack with the trained network (same ids)")
         self.train_button.clicked.connect(self.start)
@@ -255,7 +259,8 @@ class MethodPanel(QWidget):
         run = Training(self.method, data, params, rgb=image_layer.rgb, scribbles=scribbles, labels=truth,
                        preview=preview, spacing=tuple(image_layer.scale[-3:]) if self.method.inputs == "volume"
                        else None, device=self.device_box.value, seed=int(self.seed_box.value),
-                       stop_rules=self.method.stop_rules(params), threads=threads, max_fps=FRAMES_PER_SECOND)
+                       stop_rules=self.method.stop_rules(params), threads=threads,
+                       max_fps=VOLUME_FRAMES_PER_SECOND if self.method.inputs == "volume" else FRAMES_PER_SECOND)
         self._ensure_labels_layer(image_layer)
         return run, index
 
@@ -308,7 +313,8 @@ class MethodPanel(QWidget):
             self._progress_shown = now
         rate = snap.iteration / snap.elapsed if snap.elapsed > 0 else 0.0
         state = f"done ({snap.stop_reason})" if snap.final else ("paused" if self.training.paused else "training")
-        self.status.setText(f"{state}: iteration {snap.iteration}, {snap.n_clusters} clusters, "
+        kind = "classes" if self.method.semantic else "clusters"
+        self.status.setText(f"{state}: iteration {snap.iteration}, {snap.n_clusters} {kind}, "
                             f"{rate:.1f} it/s, {snap.elapsed:.1f} s")
         if snap.final and layer is not None:
             layer.metadata["napari_selfseg"] = api.provenance(
