@@ -166,3 +166,15 @@ def test_run_returns_the_final_frame_and_refuses_a_cancelled_run():
     run.cancel()
     with pytest.raises(RuntimeError, match="cancelled"):
         run.run()
+
+
+def test_min_clusters_slider_acts_on_a_running_training(regions):
+    from napari_selfseg import training
+
+    image, _ = regions
+    run = training(image, "feature-clustering", channels=8, min_labels=1, max_iterations=2000, max_fps=1e9)
+    frames = run.snapshots()
+    next(frames)
+    run.update(min_labels=100)  # more clusters than exist: the next check stops the run
+    last = list(frames)[-1]
+    assert last.final and last.stop_reason == "min clusters" and last.iteration < 50

@@ -109,8 +109,11 @@ def load_model(path: str | Path, device: str = "auto") -> Model:
         raise InputError(f"{path}: {err}") from None
     if method.load is None:
         raise InputError(f"{path}: method {method.id} has no network to load")
-    params = make_params(method.params, {k: v for k, v in record["params"].items()
-                                         if k in method.params.__dataclass_fields__})
+    try:
+        params = make_params(method.params, {k: v for k, v in record["params"].items()
+                                             if k in method.params.__dataclass_fields__})
+    except ValueError as err:  # edited, or written by a version with other ranges
+        raise InputError(f"{path}: its parameters do not fit {method.id} ({err})") from None
     dev = resolve_device(device)
     try:
         tensors = load_file(str(path), device="cpu")

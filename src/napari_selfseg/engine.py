@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterator, Mapping, Protocol
 import numpy as np
 import torch
 
-from .imageprep import InputError, prepare_image, prepare_stack
+from .imageprep import InputError, check_memory, prepare_image, prepare_stack
 from .labelmaps import canonical_labels, match_labels, resize_labels, smallest_dtype
 from .params import make_params
 from .postprocess import postprocess
@@ -76,6 +76,7 @@ class Snapshot:
     stop_reason: str | None = None
     params: Mapping[str, Any] = field(default_factory=dict)
     index: tuple[int, ...] = ()  # the slice ``labels`` belongs to; () = the whole input
+    notice: str | None = None  # something the user should know (e.g. an out-of-memory fallback)
 
 
 INPUT_KINDS = ("plane", "stack", "volume")
@@ -170,6 +171,7 @@ class Method:
 
 def prepare_input(method: Method, image: np.ndarray, params: Any, rgb: bool | None = None) -> np.ndarray:
     """The method's input from a raw array: ``(Y, X, C)`` for a plane, ``(N|Z, Y, X, C)`` otherwise."""
+    check_memory(image)  # before anything loads a lazy (dask, zarr) array
     if method.prepare is not None:
         out = np.asarray(method.prepare(np.asarray(image), params, rgb), dtype=np.float32)
         want = 3 if method.inputs == "plane" else 4
@@ -253,6 +255,7 @@ class Training:
             # with scribbles the user has said how many classes there are: the label count follows them
             classes = len(np.unique(scribbles[scribbles > 0]))
             self.stop_rules = dataclasses.replace(self.stop_rules, min_clusters=classes)
+        self._scribble_classes = bool(scribbles is not None and method.uses_scribbles and np.any(scribbles > 0))
         self.max_fps = max_fps
         self.threads = threads
         self.check_every = check_every or (1 if self.device.type == "cpu" else 10)
@@ -270,6 +273,8 @@ class Training:
         self.stop_reason: str | None = None
         self.trainer: Trainer | None = None  # kept after training, for predict()
         self.id_map = IdMap()
+        self.notices: list[str] = []  # out-of-memory fallbacks taken, for the user
+        self._shown_notices = 0
 
     def _check_labels(self, labels: np.ndarray | None) -> np.ndarray | None:
         method, shape = self.method, self.image.shape[:-1]
@@ -335,6 +340,9 @@ class Training:
             if self._pending is not None:
                 self._ctx.params = self._pending
                 self._pending = None
+                if not self._scribble_classes:  # a live minimum cluster count (scribbles fix it otherwise)
+                    live = self.method.stop_rules(self._ctx.params).min_clusters
+                    self.stop_rules = dataclasses.replace(self.stop_rules, min_clusters=live)
 
     def _wait_while_paused(self) -> float:
         """Block while paused (waking for cancel/stop); return the seconds spent paused."""
@@ -366,7 +374,6 @@ class Training:
 
     def _loop(self) -> Iterator[Snapshot]:
         trainer = self.method.build(self._ctx)
-        rules = self.stop_rules
         start = time.perf_counter()
         paused_for = 0.0
         min_gap = 1.0 / self.max_fps if self.max_fps else None  # None: only the final frame
@@ -386,7 +393,12 @@ class Training:
                 reason = "stopped"
                 break
             self._apply_pending()
-            losses = trainer.step()
+            rules = self.stop_rules  # a slider may have just changed the minimum cluster count
+            try:
+                losses = trainer.step()
+            except torch.cuda.OutOfMemoryError:
+                trainer = self._out_of_memory(trainer)
+                continue
             iteration += 1
             elapsed = time.perf_counter() - start - paused_for
             current = None
@@ -414,6 +426,26 @@ class Training:
         self.stop_reason = reason
         elapsed = time.perf_counter() - start - paused_for
         yield self._snapshot(iteration, losses, final, elapsed, final=True, reason=reason)
+
+    def _out_of_memory(self, trainer: Trainer) -> Trainer:
+        """After an out-of-memory step: smaller tiles if the trainer can (``reduce_memory()``), else start
+        again on the CPU; on the CPU with nothing left to shrink, a clear error."""
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        reduce = getattr(trainer, "reduce_memory", None)
+        if reduce is not None and reduce():
+            self.notices.append("out of GPU memory: continuing with smaller tiles")
+            return trainer
+        if self.device.type == "cpu":
+            raise InputError("out of memory even on the CPU: use a smaller image, scale or batch")
+        self.notices.append(f"out of GPU memory: continuing on the CPU (was {self.device})")
+        del trainer
+        self.device = self._ctx.device = torch.device("cpu")
+        self._ctx.mixed_precision = False
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        self.check_every = 1
+        return self.method.build(self._ctx)
 
     def _final_ids(self, raw: np.ndarray, shown: np.ndarray | None) -> np.ndarray:
         """Final ids: classes as given (semantic), else clusters matched to the last frame; the
@@ -483,7 +515,13 @@ class Training:
             stop_reason=reason,
             params=dataclasses.asdict(self._ctx.params),
             index=index,
+            notice=self._take_notice(),
         )
+
+    def _take_notice(self) -> str | None:
+        """Fallback notices not yet shown, joined, for the next emitted snapshot."""
+        fresh, self._shown_notices = self.notices[self._shown_notices:], len(self.notices)
+        return "; ".join(fresh) or None
 
 
 @contextlib.contextmanager

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
+import numbers
 from dataclasses import dataclass, fields
 from typing import Any, Mapping, get_type_hints
 
@@ -95,15 +97,19 @@ def _coerce(spec: ParamSpec, value: Any) -> Any:
             value = number
         elif kind is str:
             return text
+    if kind in (int, float) and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
+        # None, lists, complex numbers...: a ValueError that names the parameter, never a TypeError
+        raise ValueError(f"{spec.name}: expected {'an integer' if kind is int else 'a number'}, got {value!r}")
     if kind is int:
-        if isinstance(value, bool) or float(value) != int(float(value)):
+        if not math.isfinite(float(value)) or float(value) != int(float(value)):
             raise ValueError(f"{spec.name}: expected an integer, got {value!r}")
         return int(float(value))
     if kind is float:
-        if isinstance(value, bool):
-            raise ValueError(f"{spec.name}: expected a number, got {value!r}")
         return float(value)
     if kind is bool:
+        is_flag = isinstance(value, (bool, numbers.Integral)) or type(value).__name__ in ("bool", "bool_")  # numpy too
+        if not is_flag or value not in (0, 1):
+            raise ValueError(f"{spec.name}: expected true/false, got {value!r}")
         return bool(value)
     return value
 

@@ -186,8 +186,8 @@ def test_hounsfield_window_and_reduced_training_size():
 
     spec = get_method("unet")
     p = make_params(spec.params, {"intensity": "hounsfield", "hu_low": -1000, "hu_high": 400})
-    ct = np.array([[[-1000, -300], [400, 2000]]], dtype=np.int16)
-    assert np.allclose(spec.prepare(ct, p, None)[..., 0], [[[0, 0.5], [1, 1]]])
+    ct = np.tile(np.array([[-1000, -300], [400, 2000]], dtype=np.int16), (1, 8, 8))  # 16x16: the smallest slice
+    assert np.allclose(spec.prepare(ct, p, None)[0, :2, :2, 0], [[0, 0.5], [1, 1]])
     p = make_params(spec.params, {"max_side": 128})
     assert data.training_size((512, 256), data.effective_max_side(p, torch.device("cpu"))) == (128, 64)
     assert data.effective_max_side(p, torch.device("cuda")) == 0  # full resolution on a GPU

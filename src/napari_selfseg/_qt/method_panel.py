@@ -13,7 +13,7 @@ from magicgui.widgets import ComboBox, SpinBox
 from napari.layers import Image, Labels
 from napari.qt.threading import create_worker
 from napari.utils import progress
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QEvent
 from superqt import QCollapsible
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QPushButton, QScrollArea, QSizePolicy, QVBoxLayout, QWidget
@@ -306,6 +306,8 @@ class MethodPanel(QWidget):
                 labels, where = labels.reshape(labels.shape[-2:]), ()
             write_plane(layer, where, labels)
         self.plot.add(snap.iteration, snap.losses)
+        if snap.notice:
+            show_warning(f"{self.method.title}: {snap.notice}")
         now = time.perf_counter()
         if self._progress is not None and (snap.final or now - self._progress_shown >= 1.0):
             # napari's activity bar costs tens of ms per update: once a second is plenty
@@ -425,12 +427,25 @@ class MethodPanel(QWidget):
     def showEvent(self, event) -> None:  # noqa: N802 (Qt's name)
         window = self.window()
         if window is not self and window is not self._window:
+            self._release_window()  # e.g. a floating dock first, then the main window
             window.installEventFilter(self)
             self._window = window
         super().showEvent(event)
 
+    def _release_window(self) -> None:
+        window, self._window = getattr(self, "_window", None), None
+        if window is not None:
+            window.removeEventFilter(self)
+
+    def event(self, event) -> bool:  # noqa: N802 (Qt's name)
+        # napari's dock close (x) un-parents the panel (remove_dock_widget) and sends no closeEvent
+        if event.type() == QEvent.Type.ParentChange and self.parent() is None:
+            self._release_window()
+            self.cancel(wait=True)
+        return super().event(event)
+
     def eventFilter(self, obj, event) -> bool:  # noqa: N802 (Qt's name)
-        if obj is self._window and event.type() == QEvent.Type.Close:
+        if obj is getattr(self, "_window", None) and event.type() == QEvent.Type.Close:
             self.cancel(wait=True)
         return False
 

@@ -30,7 +30,15 @@ def prepare(image: np.ndarray, params, rgb: bool | None = None) -> np.ndarray:
     return np.stack([_prepare_plane(plane, params, rgb) for plane in image])
 
 
+# The smallest slice side the networks take: the critics' four stride-2 convolutions and batch norm at the
+# U-Net's bottom level need at least this many pixels.
+MIN_SIDE = 16
+
+
 def _prepare_plane(plane: np.ndarray, params, rgb: bool | None) -> np.ndarray:
+    if min(plane.shape[:2]) < MIN_SIDE:
+        raise InputError(f"slices of {plane.shape[0]}x{plane.shape[1]} pixels are too small to learn from; "
+                         f"these networks need at least {MIN_SIDE}x{MIN_SIDE}")
     if getattr(params, "intensity", "percentile") == "hounsfield":
         data = as_channels_last(plane, rgb).astype(np.float32)
         span = max(params.hu_high - params.hu_low, 1e-6)

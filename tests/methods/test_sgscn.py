@@ -1,0 +1,164 @@
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import adjusted_rand_score
+
+from napari_selfseg import segment, training
+from napari_selfseg.api import resolve_params
+from napari_selfseg.engine import TrainContext
+from napari_selfseg.losses import context_consistency, coordinate_grid
+from napari_selfseg.methods.sgscn import METHOD, SGSCNTrainer, load
+
+FAST = {"channels": 16, "train_pixels": 0, "max_iterations": 60, "threads": 1}
+
+
+def _one_hot_response(labels: np.ndarray, k: int, sharpness: float = 10.0) -> torch.Tensor:
+    """``(1, k, H, W)`` responses whose argmax (and nearly whole softmax mass) is ``labels``."""
+    return torch.nn.functional.one_hot(torch.from_numpy(labels), k).permute(2, 0, 1)[None].float() * sharpness
+
+
+@pytest.mark.parametrize("weighting", ["mass", "clusters"])
+def test_consistency_is_lower_for_compact_clusters_than_for_scattered_ones(weighting):
+    compact = np.zeros((32, 32), dtype=np.int64)
+    compact[:, 16:] = 1  # two halves
+    scattered = (np.indices((32, 32)).sum(0) % 2).astype(np.int64)  # a checkerboard of the same two clusters
+    low = context_consistency(_one_hot_response(compact, 2), weighting=weighting)
+    high = context_consistency(_one_hot_response(scattered, 2), weighting=weighting)
+    assert low < 0.7 * high  # halves: 1/3 + 1/12 against 1/3 + 1/3 (units of half the side, squared)
+    # a blob in the centre is more compact than the same area spread over the four corners
+    blob = np.zeros((32, 32), dtype=np.int64)
+    blob[12:20, 12:20] = 1
+    corners = np.zeros((32, 32), dtype=np.int64)
+    for y, x in ((0, 0), (0, 28), (28, 0), (28, 28)):
+        corners[y:y + 4, x:x + 4] = 1
+    assert context_consistency(_one_hot_response(blob, 2), weighting=weighting) < context_consistency(
+        _one_hot_response(corners, 2), weighting=weighting)
+
+
+def test_consistency_weightings_of_small_and_absent_clusters():
+    labels = np.zeros((16, 16), dtype=np.int64)
+    labels[:, 8:] = 1
+    response = _one_hot_response(labels, 5).requires_grad_(True)
+    present = torch.tensor([True, True, False, False, False])
+    # 'clusters' averages over the present clusters only; 'mass' gives absent ones no weight by itself
+    alone = context_consistency(_one_hot_response(labels, 2), weighting="clusters")
+    assert context_consistency(response, present, "clusters").item() == pytest.approx(alone.item(), rel=0.05)
+    mass = context_consistency(response, weighting="mass")
+    assert mass.item() == pytest.approx(context_consistency(_one_hot_response(labels, 2)).item(), rel=0.05)
+    mass.backward()
+    assert torch.isfinite(response.grad).all() and response.grad.abs().sum() > 0
+    # a tiny compact cluster counts by its size under 'mass', as much as the big one under 'clusters'
+    speck = np.zeros((16, 16), dtype=np.int64)
+    speck[7:9, 7:9] = 1
+    r = _one_hot_response(speck, 2)
+    assert context_consistency(r, weighting="mass") > context_consistency(r, weighting="clusters")
+    with pytest.raises(ValueError, match="weighting"):
+        context_consistency(r, weighting="nope")
+
+
+def test_coordinate_grid_keeps_the_aspect_ratio():
+    grid = coordinate_grid(10, 20)
+    assert grid.shape == (2, 10, 20)
+    assert grid[1].max() - grid[1].min() == pytest.approx(2 * 19 / 20)
+    assert grid[0].max() - grid[0].min() == pytest.approx(2 * 9 / 20)  # same units on both axes
+
+
+def test_converges_on_known_regions(regions):
+    image, truth = regions
+    labels = segment(image, "sgscn", seed=0, min_labels=4, **FAST)
+    assert labels.shape == truth.shape
+    assert adjusted_rand_score(truth.ravel(), labels.ravel()) > 0.9
+
+
+def test_same_seed_gives_identical_labels_on_cpu(regions):
+    image, _ = regions
+    a = segment(image, "sgscn", seed=3, device="cpu", **FAST)
+    b = segment(image, "sgscn", seed=3, device="cpu", **FAST)
+    assert np.array_equal(a, b)
+
+
+def test_live_sliders_act_on_a_running_training(regions):
+    image, _ = regions
+    run = training(image, "sgscn", max_fps=1000, min_labels=1, **FAST)
+    frames = run.snapshots()
+    first = next(frames)
+    assert set(first.losses) == {"cross-entropy", "spatial", "consistency"}
+    run.update(max_clusters=2, w_cc=3.0, learning_rate=0.05, w_ss=0.5, w_ce=2.0)
+    frame = next(frames)
+    assert frame.params["max_clusters"] == 2 and frame.params["w_cc"] == 3.0
+    assert frame.n_clusters <= 2  # the argmax now uses two responses only
+    run.cancel()
+
+
+def test_ablation_switches_stop_the_updates(regions):
+    image, _ = regions
+    params = resolve_params("sgscn", None, {"channels": 8, "cross_entropy": False, "sparse_spatial": False,
+                                                "consistency": False})
+    trainer = SGSCNTrainer(TrainContext(image.astype(np.float32) / 255, params, torch.device("cpu"), 0))
+    before = [p.detach().clone() for p in trainer.model.net.parameters()]
+    losses = trainer.step()
+    assert set(losses) == {"cross-entropy", "spatial", "consistency"}  # still reported for the plot
+    assert all(torch.equal(a, b) for a, b in zip(before, trainer.model.net.parameters()))
+    trainer.ctx.params = resolve_params("sgscn", None, {"channels": 8, "cross_entropy": False,
+                                                            "sparse_spatial": False})
+    trainer.step()  # the consistency term alone now trains the network
+    assert not all(torch.equal(a, b) for a, b in zip(before, trainer.model.net.parameters()))
+
+
+@pytest.mark.parametrize("resolution", ["training", "full"])
+def test_state_dict_and_load_predict_like_the_trainer(regions, resolution):
+    image, _ = regions
+    params = resolve_params("sgscn", None, {"channels": 8, "train_pixels": 600, "label_resolution": resolution})
+    prepared = image.astype(np.float32) / 255
+    trainer = SGSCNTrainer(TrainContext(prepared, params, torch.device("cpu"), 0))
+    for _ in range(5):
+        trainer.step()
+    expected = trainer.predict(prepared)
+    assert expected.shape == image.shape[:2]
+    predictor = load(params, trainer.state_dict(), torch.device("cpu"))
+    assert np.array_equal(predictor.predict(prepared), expected)
+
+
+def test_gray_image_and_volume(regions):
+    image, truth = regions
+    gray = (image.mean(-1) * 100).astype(np.uint16)
+    labels = segment(gray, "sgscn", colour_space="rgb+lab", label_resolution="full", **FAST)
+    assert labels.shape == truth.shape and labels.min() >= 1
+    volume = np.stack([gray] * 3)
+    stack = segment(volume, "sgscn", **FAST)
+    assert stack.shape == volume.shape and np.array_equal(stack[0], stack[2])
+
+
+def test_paper_preset_and_method():
+    p = resolve_params("sgscn", "paper")
+    assert (p.channels, p.conv_layers, p.w_ce, p.w_ss, p.learning_rate) == (100, 2, 1.0, 5.0, 0.1)
+    assert (p.max_iterations, p.min_labels, p.train_pixels, p.consistency) == (50, 3, 0, True)
+    assert p.consistency_weighting == "clusters"
+    assert METHOD.id == "sgscn" and set(METHOD.presets) == {"interactive", "paper"}
+
+
+def test_ph2_lesion_beats_a_coin(data_dir):
+    from benchmarks import datasets
+    from napari_selfseg.metrics import evaluate
+
+    sample = next(datasets.load("ph2", 1))
+    labels = segment(sample.image, "sgscn", rgb=True, seed=0, threads=1, max_iterations=100, train_pixels=6000)
+    assert evaluate(labels, sample.gt, "best-overlap")["dsc"] > 0.7
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_runs_on_cuda(regions):
+    image, truth = regions
+    assert segment(image, "sgscn", device="cuda", **FAST).shape == truth.shape
+
+
+def test_saved_model_labels_like_the_run(regions, tmp_path):
+    from napari_selfseg.bundle import load_model, save_model
+
+    image, _ = regions
+    run = training(image, "sgscn", max_fps=0, **FAST)
+    final = run.run()
+    path = save_model(run, tmp_path / "sgscn")
+    model = load_model(path, device="cpu")
+    assert np.array_equal(model.predict(image), final.labels)
+    assert np.array_equal(run.predict(image), final.labels)
