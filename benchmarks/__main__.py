@@ -9,7 +9,9 @@ into BENCHMARKS.md (each run replaces its own section).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
 
 from . import datasets
 from .report import BENCHMARKS_MD, machine, write_section  # noqa: F401
@@ -57,6 +59,8 @@ def _method_params(methods, assignments):
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # panels start from the methods' defaults, not from what the user last trained with, and leave that alone
+    os.environ.setdefault("NAPARI_SELFSEG_CONFIG", tempfile.mkdtemp(prefix="selfseg-benchmark-settings-"))
     if argv and argv[0] not in ("quality", "speed", "-h", "--help"):
         import importlib
 

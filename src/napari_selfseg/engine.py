@@ -333,6 +333,8 @@ class Training:
         """Abandon the run as soon as possible; no final frame."""
         self._cancel.set()
         self._running.set()
+        # said now: the consumer (a thread worker told to quit) may never resume the generator to see it
+        self.stop_reason = self.stop_reason or "cancelled"
 
     # -- the loop ---------------------------------------------------------------------------------
     def _apply_pending(self) -> None:

@@ -66,3 +66,32 @@ def test_loading_a_foreign_file_says_so_and_keeps_the_panel_usable(trained, tmp_
     assert trained.model_section.load(bad) is None
     assert "not a napari-selfseg model" in trained.model_section.status.text()
     assert trained.train_button.isEnabled() and trained.model_section.apply_button.isEnabled()
+
+
+def test_all_slices_labels_the_displayed_time_point_and_all_time_points_the_layer(trained, qtbot):
+    rgb = regions_image(48)[0]
+    movie = trained.viewer.add_image(np.stack([np.stack([rgb] * 3)] * 2), name="movie", rgb=True)  # (T, Z, Y, X, C)
+    trained.viewer.dims.set_point(0, 1)  # time point 1
+    trained.model_section.model = None
+    trained.model_section.layer_box.reset_choices()
+    section = trained.model_section
+    section.apply_to_layer(movie, scope="slices")
+    wait_section(qtbot, section)
+    labels = trained.viewer.layers["movie feature clustering"].data
+    assert not labels[0].any() and all(labels[1, z].any() for z in range(3))
+    section.apply_to_layer(movie, scope="all")
+    wait_section(qtbot, section)
+    assert all(labels[t, z].any() for t in range(2) for z in range(3))
+
+
+def test_a_gray_layer_for_an_rgb_model_gets_a_message_not_a_traceback(trained, qtbot):
+    from napari.utils.notifications import ErrorNotification, notification_manager
+
+    gray = trained.viewer.add_image(regions_image(48)[0].mean(-1), name="gray")
+    seen = len(notification_manager.records)
+    trained.model_section.apply_to_layer(gray)
+    wait_section(qtbot, trained.model_section)
+    new = notification_manager.records[seen:]
+    assert any("trained on RGB images" in str(n.message) for n in new)
+    assert not any(isinstance(n, ErrorNotification) for n in new)  # the kind with a traceback button
+    assert "trained on RGB images" in trained.model_section.status.text()

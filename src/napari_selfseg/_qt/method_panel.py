@@ -11,7 +11,6 @@ import time
 import numpy as np
 from magicgui.widgets import ComboBox, SpinBox
 from napari.layers import Image, Labels
-from napari.qt.threading import create_worker
 from napari.utils import progress
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QEvent
@@ -28,12 +27,13 @@ from .param_form import ParamForm
 from .settings import load_settings, save_settings
 from .sweep_section import SweepSection
 from .planes import displayed_index, image_plane, label_plane, spatial_shape, training_input, write_plane
+from .workers import panel_worker
 
 
 # Frames drawn per second while training: several a second reads as live; more costs the worker
 # throughput (each frame is a redraw, in software GL under Xvfb). A volume frame is a whole 3D label map
 # to resize, match and upload: once a second.
-FRAMES_PER_SECOND = 5.0
+FRAMES_PER_SECOND = 4.0
 VOLUME_FRAMES_PER_SECOND = 1.0
 
 
@@ -237,9 +237,9 @@ class MethodPanel(QWidget):
         self._progress_shown = 0.0
         self._progress = progress(total=self.training.stop_rules.max_iterations or 0,
                                   desc=f"{self.method.title} on {self.image_box.value.name}")
-        self.worker = create_worker(self.training.snapshots, _start_thread=False)
+        still_activity_spinner(self.viewer)
+        self.worker = panel_worker(self.training.snapshots, on_error=self._failed)
         self.worker.yielded.connect(self._show)
-        self.worker.errored.connect(self._failed)
         self.worker.finished.connect(self._finished)
         self._set_running(True)
         self.status.setText("Training…")
@@ -406,10 +406,9 @@ class MethodPanel(QWidget):
             if layer in self.viewer.layers:
                 write_plane(layer, index, labels)
 
-        self.worker = create_worker(label_planes, _start_thread=False,
-                                    _progress={"total": len(planes), "desc": "Labelling slices"})
+        self.worker = panel_worker(label_planes, on_error=self._failed,
+                                   progress={"total": len(planes), "desc": "Labelling slices"})
         self.worker.yielded.connect(write)
-        self.worker.errored.connect(self._failed)
         self.worker.finished.connect(self._finished)
         self._labelling_slices = True
         self._set_running(True)
@@ -452,6 +451,19 @@ class MethodPanel(QWidget):
     def closeEvent(self, event) -> None:  # noqa: N802 (Qt's name)
         self.cancel(wait=True)
         super().closeEvent(event)
+
+
+def still_activity_spinner(viewer) -> None:
+    """Stop the animated "in progress" gif of napari's activity button (the progress bar still updates).
+
+    It repaints the window ~30 times a second; with software OpenGL (no GPU, remote desktops, Xvfb) each
+    repaint composites the whole window while holding the GIL, which cost training a quarter of its speed
+    (BENCHMARKS.md, speed). Private napari attributes: when they change this quietly does nothing.
+    """
+    try:
+        viewer.window._qt_window._activity_dialog._toggleButton._inProgressIndicator.movie().setPaused(True)
+    except (AttributeError, RuntimeError):
+        pass
 
 
 def _labelled(widget) -> QWidget:

@@ -1,5 +1,5 @@
 """Keep and reuse a trained network from any panel: save / load a model bundle, apply it to the displayed
-slice, every slice, another layer or a folder of files. Work runs in a thread worker; the GUI thread only
+slice, every slice, every time point, another layer or a folder of files. Work runs in a thread worker; the GUI thread only
 writes finished planes into Labels layers."""
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ from typing import Callable
 
 import numpy as np
 from magicgui.widgets import ComboBox
-from napari.layers import Image
-from napari.qt.threading import create_worker
+from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import QFileDialog, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
@@ -17,9 +16,12 @@ from ..batch import label_file, model_labeller
 from ..bundle import Model, load_model, save_model
 from ..imageprep import InputError
 from ..io import expand_inputs
-from .planes import displayed_index, image_plane, spatial_shape, write_plane
+from .planes import apply_units, displayed_index, image_plane, spatial_shape, write_plane
+from .workers import panel_worker
 
-TARGETS = ("displayed slice", "all slices", "another layer", "a folder of files")
+# what "apply to" offers, and the part of a layer each labels (see planes.apply_units)
+TARGETS = {"displayed slice": "displayed", "all slices": "slices", "all time points": "all",
+           "another layer": "all", "a folder of files": None}
 
 
 class ModelSection(QWidget):
@@ -34,8 +36,10 @@ class ModelSection(QWidget):
         self.load_button = QPushButton("Load model…")
         self.save_button.setToolTip("Write the trained network, its parameters and provenance to one file")
         self.load_button.setToolTip("Load a model saved from this panel or `napari-selfseg train`")
-        self.target_box = ComboBox(label="apply to", choices=list(TARGETS), value=TARGETS[0],
-                                   tooltip="Label other data with the trained network, without retraining")
+        self.target_box = ComboBox(label="apply to", choices=list(TARGETS), value="displayed slice",
+                                   tooltip="Label other data with the trained network, without retraining: "
+                                           "all slices = the displayed time point; all time points = the "
+                                           "whole layer")
         self.layer_box = ComboBox(label="layer", choices=self._image_layers,
                                   tooltip="The image layer to label (a new Labels layer is added)")
         self.apply_button = QPushButton("Apply")
@@ -145,27 +149,19 @@ class ModelSection(QWidget):
                     self.apply_to_folder(folder, out)
             return
         layer = self.layer_box.value if target == "another layer" else self.panel.image_box.value
-        self.apply_to_layer(layer, only_displayed=target == "displayed slice")
+        self.apply_to_layer(layer, scope=TARGETS[target])
 
-    def apply_to_layer(self, layer: Image | None, only_displayed: bool = False):
-        """Label the displayed plane, or every plane, of ``layer`` into a Labels layer, in a worker."""
+    def apply_to_layer(self, layer: Image | None, scope: str = "all"):
+        """Label part of ``layer`` into a Labels layer, in a worker: the displayed plane, every slice of the
+        displayed time point, or the whole layer (``scope`` "displayed" | "slices" | "all")."""
         if layer is None or self.worker is not None:
             return None
         try:
             predict = self.predictor()
         except InputError as err:
             return self._error(str(err))
-        shape = spatial_shape(layer)
         index = displayed_index(self.panel.viewer, layer)
-        inputs = self.panel.method.inputs
-        if inputs == "volume":  # a volume model labels whole volumes: one per leading index beyond Z
-            planes = [index[:-1]] if only_displayed else list(np.ndindex(*shape[:-3]))
-        elif only_displayed:
-            planes = [index]
-        elif inputs == "stack" and len(shape) > 2:  # whole stacks, normalised together as in training
-            planes = list(np.ndindex(*shape[:-3]))
-        else:
-            planes = list(np.ndindex(*shape[:-2]))
+        planes = apply_units(spatial_shape(layer), index, self.panel.method.inputs, scope)
         labels_layer = self._labels_layer_for(layer)
 
         def label():
@@ -177,9 +173,8 @@ class ModelSection(QWidget):
             if labels_layer in self.panel.viewer.layers:
                 write_plane(labels_layer, where, labels)
 
-        return self._start(create_worker(label, _start_thread=False,
-                                         _progress={"total": len(planes), "desc": "Applying model"}), write,
-                           f"Labelled {len(planes)} plane(s) of {layer.name}")
+        return self._start(label, {"total": len(planes), "desc": "Applying model"}, write,
+                           lambda: self.status.setText(f"Labelled {len(planes)} plane(s) of {layer.name}"))
 
     def _labels_layer_for(self, layer: Image):
         shape = spatial_shape(layer)
@@ -187,6 +182,9 @@ class ModelSection(QWidget):
         if self.panel.labels_layer is not None and self.panel.labels_layer in self.panel.viewer.layers \
                 and self.panel.image_layer is layer and self.panel.labels_layer.data.shape == shape:
             return self.panel.labels_layer
+        earlier = self.panel.viewer.layers[name] if name in self.panel.viewer.layers else None
+        if isinstance(earlier, Labels) and earlier.data.shape == shape:
+            return earlier  # applied before: fill the same layer
         return self.panel.viewer.add_labels(np.zeros(shape, np.uint16), name=name, scale=layer.scale[-len(shape):],
                                             translate=layer.translate[-len(shape):], opacity=0.6)
 
@@ -217,17 +215,19 @@ class ModelSection(QWidget):
                 show_info(message)
             self.status.setText(message + (f", {len(failed)} failed" if failed else ""))
 
-        worker = create_worker(label, _start_thread=False, _progress={"total": len(paths), "desc": "Labelling files"})
-        worker.finished.connect(done)
-        return self._start(worker, outcomes.append, None)
+        return self._start(label, {"total": len(paths), "desc": "Labelling files"}, outcomes.append, done)
 
-    def _start(self, worker, on_item, message: str | None):
-        self.worker = worker
+    def _start(self, func, progress: dict, on_item, on_done: Callable[[], None]):
+        failed = []
+
+        def errored(err):
+            failed.append(err)
+            self._error(f"apply failed: {err}")
+
+        self.worker = worker = panel_worker(func, on_error=errored, progress=progress)
         worker.yielded.connect(on_item)
-        worker.errored.connect(lambda err: self._error(f"apply failed: {err}"))
         worker.finished.connect(self._finished)
-        if message:
-            worker.finished.connect(lambda: self.status.setText(message))
+        worker.finished.connect(lambda: None if failed else on_done())  # keep the error in the status line
         self.refresh(busy=True)
         self.status.setText("Applying…")
         worker.start()

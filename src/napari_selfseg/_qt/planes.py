@@ -46,6 +46,25 @@ def training_input(layer, index: tuple[int, ...], inputs: str) -> tuple[np.ndarr
     return image_plane(layer, index[:-1]), index[:-1], index[-1]
 
 
+def apply_units(shape: tuple[int, ...], index: tuple[int, ...], inputs: str, scope: str) -> list[tuple[int, ...]]:
+    """Indices of the parts of an image of spatial ``shape`` that one prediction each labels.
+
+    ``scope``: "displayed" (the displayed plane ``index``; a whole volume for volume methods), "slices"
+    (every slice of the displayed time point: the last non-YX axis) or "all" (every time point, i.e. the
+    whole layer). Plane methods predict planes; stack and volume methods whole stacks (``index[:-1]``),
+    normalised together as in training.
+    """
+    if len(shape) <= 2:
+        return [()]
+    if inputs == "plane" or (inputs == "stack" and scope == "displayed"):
+        if scope == "displayed":
+            return [index]
+        if scope == "slices":
+            return [index[:-1] + (z,) for z in range(shape[-3])]
+        return list(np.ndindex(*shape[:-2]))
+    return [index[:-1]] if scope != "all" else list(np.ndindex(*shape[:-3]))
+
+
 def label_plane(layer, index: tuple[int, ...], shape: tuple[int, ...]) -> np.ndarray | None:
     """The part at ``index`` of a Labels layer when it matches the image's spatial ``shape``, else None.
 

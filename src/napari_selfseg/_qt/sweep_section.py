@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 from magicgui.widgets import ComboBox, LineEdit
-from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
@@ -13,6 +12,7 @@ from ..imageprep import InputError
 from ..params import param_specs
 from ..sweep import MAX_RUNS, parse_values, run_sweep, setting_name, sweep_settings
 from .planes import displayed_index, training_input
+from .workers import panel_worker
 
 NONE = "(none)"
 
@@ -118,9 +118,9 @@ class SweepSection(QWidget):
             yield from run_sweep(panel.method, data, base, combos, device=panel.device_box.value,
                                  seed=int(panel.seed_box.value), rgb=layer.rgb, **extra)
 
-        self.worker = create_worker(runs, _start_thread=False, _progress={"total": len(combos), "desc": "Sweep"})
+        self.worker = panel_worker(runs, on_error=lambda err: self._error(f"sweep failed: {err}"),
+                                   progress={"total": len(combos), "desc": "Sweep"})
         self.worker.yielded.connect(lambda item: self._add_result(layer, index, *item))
-        self.worker.errored.connect(lambda err: self._error(f"sweep failed: {err}"))
         self.worker.finished.connect(self._finished)
         self.status.setText(f"Sweeping {len(combos)} settings…")
         panel.viewer.grid.enabled = True
