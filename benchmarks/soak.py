@@ -165,9 +165,10 @@ def one_cycle(soak: Soak, kind: str) -> tuple[bool, str]:
     elif kind == "delete image":
         soak.viewer.layers.remove("stack")
         wait_until(lambda: panel.worker is None)
-        # Work around a crash (reported): in this viewer the next Train segfaults in napari's progress();
-        # a fresh viewer is fine, so the soak reopens one (a user would have to restart napari).
-        soak.close_viewer(unhook=True)
+        # the user opens the image again and goes on in the same viewer (this once crashed napari, see
+        # MethodPanel._canvas_context_current)
+        soak.viewer.add_image(soak_image(), name="stack")
+        soak.viewer.dims.set_current_step(0, 1)
         return panel.training.stop_reason == "cancelled", ""
     elif kind == "delete labels":
         soak.viewer.layers.remove(panel.labels_layer)

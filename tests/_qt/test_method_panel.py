@@ -15,7 +15,16 @@ FAST = {"channels": 16, "scale": 1.0, "max_iterations": 5000, "min_labels": 1, "
 
 @pytest.fixture
 def panel(make_napari_viewer, qtbot):
-    viewer = make_napari_viewer()
+    yield from _panel(make_napari_viewer())
+
+
+@pytest.fixture
+def shown_panel(make_napari_viewer, qtbot):
+    """In a shown viewer: napari tracks what is in view when it draws."""
+    yield from _panel(make_napari_viewer(show=True))
+
+
+def _panel(viewer):
     image, _ = regions_image(64)
     viewer.add_image(image, name="regions", rgb=True)
     widget = FeatureClusteringPanel(viewer)
@@ -176,3 +185,34 @@ def test_sweep_shows_results_side_by_side_and_keeps_one(panel, qtbot):
     assert "regions mu=0.5 channels=8" not in layer_names and "regions mu=4 channels=8" in layer_names
     assert panel.form.values().mu == 4.0 and panel.form.values().channels == 8
     assert not panel.viewer.grid.enabled
+
+
+def test_train_on_the_visible_region_then_label_the_whole_plane(shown_panel, qtbot):
+    panel = shown_panel
+    viewer = panel.viewer
+    viewer.camera.center = (0, 16, 16)
+    viewer.camera.zoom *= 3  # only the top-left part of the 64x64 image in view
+    qtbot.waitUntil(lambda: np.asarray(viewer.layers["regions"].corner_pixels)[1, 0] < 63, timeout=5000)
+    panel.region_box.value = True
+    panel.form.set_values({"max_iterations": 30})
+    frames = []
+    panel.train_button.click()
+    panel.worker.yielded.connect(frames.append)
+    qtbot.waitUntil(lambda: panel.worker is None and not panel._labelling_slices, timeout=60000)
+    wait_idle(qtbot, panel)
+    (y0, y1), (x0, x1) = panel.labels_layer.metadata["napari_selfseg"]["trained_region"]
+    assert frames[-1].labels.shape == (y1 - y0, x1 - x0) and (y1 - y0) * (x1 - x0) < 64 * 64
+    whole = panel.labels_layer.data
+    assert np.array_equal(whole, panel.training.predict(viewer.layers["regions"].data, rgb=True))
+    assert whole[-8:, -8:].any()  # outside the region: labelled by the trained network
+    assert "labelled with the trained network" in panel.status.text()
+
+
+def test_a_visible_region_too_small_to_train_on_is_refused(shown_panel, qtbot):
+    panel = shown_panel
+    panel.viewer.camera.zoom *= 40
+    qtbot.waitUntil(lambda: np.ptp(np.asarray(panel.viewer.layers["regions"].corner_pixels)[:, 0]) < 16,
+                    timeout=5000)
+    panel.region_box.value = True
+    panel.train_button.click()
+    assert panel.worker is None and "zoom out" in panel.status.text()

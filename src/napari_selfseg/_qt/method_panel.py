@@ -9,11 +9,11 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from magicgui.widgets import ComboBox, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, SpinBox
 from napari.layers import Image, Labels
 from napari.utils import progress
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import QEvent
+from qtpy.QtCore import QEvent, QThreadPool
 from superqt import QCollapsible
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QPushButton, QScrollArea, QSizePolicy, QVBoxLayout, QWidget
 
@@ -26,7 +26,8 @@ from .model_section import ModelSection
 from .param_form import ParamForm
 from .settings import load_settings, save_settings
 from .sweep_section import SweepSection
-from .planes import displayed_index, image_plane, label_plane, spatial_shape, training_input, write_plane
+from .planes import (displayed_index, image_plane, label_plane, spatial_shape, training_input, visible_region,
+                     write_plane)
 from .workers import panel_worker
 
 
@@ -49,10 +50,13 @@ class MethodPanel(QWidget):
         self.labels_layer: Labels | None = None
         self.image_layer: Image | None = None  # the layer the current training reads
         self._index: tuple[int, ...] = ()
+        self._region: tuple[slice, slice] | None = None  # the (Y, X) part of the plane trained on, if not all
+        self._whole_plane_pending = False  # trained on a region: the whole plane is still to be labelled
         self._progress = None
         self._window = None  # the main window, watched so closing the viewer ends a running training
         self._applying_preset = False
         self._labelling_slices = False  # the worker labels all slices (not a training)
+        self._planes_left = 0  # of those
         self.model_section: ModelSection | None = None  # save / load / apply, for methods with a network
         self.sweep_section: SweepSection | None = None
         self._build()
@@ -75,6 +79,9 @@ class MethodPanel(QWidget):
         self.device_box = ComboBox(label="device", choices=self._devices(), tooltip="auto = CUDA if present")
         self.seed_box = SpinBox(label="seed", value=0, min=0, max=2**31 - 1,
                                 tooltip="Random seed: the same seed gives the same labels on CPU")
+        self.region_box = CheckBox(text="train on the visible region", value=False,
+                                   tooltip="For large images: zoom in on a typical part, train on what is in "
+                                           "view (faster), then the network labels the whole plane")
         self.form = ParamForm(self.method.params, on_change=self._param_changed)
         self.preset_box.changed.connect(self._apply_preset)
         self.image_box.changed.connect(self._image_changed)
@@ -114,7 +121,7 @@ class MethodPanel(QWidget):
         layout.addWidget(title)
         for w in (self.image_box, self.scribble_box if self.method.uses_scribbles else None,
                   self.truth_box if self.method.ground_truth != "none" else None, self.preset_box,
-                  self.device_box, self.seed_box):
+                  self.device_box, self.seed_box, self.region_box if self.method.inputs == "plane" else None):
             if w is not None:
                 layout.addWidget(_labelled(w))
         layout.addWidget(self.form.container.native)
@@ -151,6 +158,7 @@ class MethodPanel(QWidget):
         events = self.viewer.layers.events
         for event in (events.inserted, events.removed, events.reordered):
             event.connect(self._refresh_choices)
+        events.removing.connect(self._canvas_context_current)
         events.removed.connect(self._layer_removed)
         self.viewer.dims.events.current_step.connect(self._slice_changed)
 
@@ -254,6 +262,10 @@ class MethodPanel(QWidget):
         data, index, preview = training_input(image_layer, index, self.method.inputs)
         scribbles = self._scribbles(image_layer, index)
         truth = self._ground_truth(image_layer, index)
+        self._region = visible_region(image_layer) if self.method.inputs == "plane" and self.region_box.value \
+            else None
+        if self._region is not None:
+            data, scribbles, truth = (None if a is None else a[self._region] for a in (data, scribbles, truth))
         params = self.form.values()
         threads = 1 if resolve_device(self.device_box.value).type == "cpu" else None
         run = Training(self.method, data, params, rgb=image_layer.rgb, scribbles=scribbles, labels=truth,
@@ -304,7 +316,7 @@ class MethodPanel(QWidget):
             labels, where = snap.labels, self._index + snap.index
             if len(where) + labels.ndim > layer.data.ndim:  # a 2D image trained as a stack of one
                 labels, where = labels.reshape(labels.shape[-2:]), ()
-            write_plane(layer, where, labels)
+            write_plane(layer, where, labels, self._region)
         self.plot.add(snap.iteration, snap.losses)
         if snap.notice:
             show_warning(f"{self.method.title}: {snap.notice}")
@@ -318,10 +330,14 @@ class MethodPanel(QWidget):
         kind = "classes" if self.method.semantic else "clusters"
         self.status.setText(f"{state}: iteration {snap.iteration}, {snap.n_clusters} {kind}, "
                             f"{rate:.1f} it/s, {snap.elapsed:.1f} s")
+        if snap.final and self._region is not None:
+            self._whole_plane_pending = True
+            self._label_whole_plane()
         if snap.final and layer is not None:
             layer.metadata["napari_selfseg"] = api.provenance(
                 self.training, image=self.image_layer.name,
-                plane_index=list(self._index), iterations=snap.iteration, final_losses=snap.losses)
+                plane_index=list(self._index), iterations=snap.iteration, final_losses=snap.losses,
+                **({"trained_region": [[r.start, r.stop] for r in self._region]} if self._region else {}))
 
     def _failed(self, err: Exception) -> None:
         show_error(f"{self.method.title} failed: {err}")
@@ -329,11 +345,22 @@ class MethodPanel(QWidget):
 
     def _finished(self) -> None:
         self.worker = None
+        if self._labelling_slices and self._planes_left == 0:
+            self.status.setText(self.status.text().split(";")[0] + "; labelled with the trained network")
         self._labelling_slices = False
         self._set_running(False)
         if self._progress is not None:
             self._progress.close()
             self._progress = None
+        self._label_whole_plane()
+
+    def _label_whole_plane(self) -> None:
+        """After training on a visible region: once both the final frame and the worker's end have arrived
+        (in either order), label the whole plane with the trained network."""
+        if self._whole_plane_pending and self.worker is None:
+            self._whole_plane_pending = False
+            self.status.setText(self.status.text() + "; labelling the whole plane…")
+            self._label_planes([self._index], "Labelling the plane")
 
     def toggle_pause(self) -> None:
         if self.training is None or self.worker is None:
@@ -356,12 +383,15 @@ class MethodPanel(QWidget):
 
         ``wait`` blocks (up to 5 s) until the worker thread has ended, for teardown.
         """
+        self._whole_plane_pending = False
         if self.training is not None:
             self.training.cancel()  # a training generator returns before its next step
         if self.worker is not None and self._labelling_slices:
             self.worker.quit()  # the slice-labelling generator stops after its current slice
         if self.worker is not None and wait:
             self.worker.await_workers(5000)
+            if QThreadPool.globalInstance().activeThreadCount() == 0:
+                self._finished()  # its "finished" signal may never arrive: the viewer may be closing
         if self.model_section is not None:
             self.model_section.cancel(wait)
         if self.sweep_section is not None:
@@ -374,7 +404,7 @@ class MethodPanel(QWidget):
         self.stop_button.setEnabled(running)
         self.form.set_training(running)
         for box in (self.image_box, self.scribble_box, self.truth_box, self.preset_box, self.device_box,
-                    self.seed_box):
+                    self.seed_box, self.region_box):
             box.enabled = not running
         self.defaults_button.setEnabled(not running)
         image = self.image_box.value
@@ -391,11 +421,14 @@ class MethodPanel(QWidget):
     # -- after training -------------------------------------------------------------------------
     def label_all_slices(self) -> None:
         """Label every plane of the stack with the trained network, in a worker, streaming planes."""
+        if self.image_layer is not None:
+            self._label_planes(list(np.ndindex(*spatial_shape(self.image_layer)[:-2])), "Labelling slices")
+
+    def _label_planes(self, planes: list[tuple[int, ...]], desc: str) -> None:
+        """Label ``planes`` of the trained image with the trained network, in a worker, streaming planes."""
         image_layer, run, layer = self.image_layer, self.training, self.labels_layer
         if image_layer is None or run is None or run.trainer is None or self.worker is not None:
             return
-        shape = spatial_shape(image_layer)
-        planes = list(np.ndindex(*shape[:-2]))
 
         def label_planes():
             for index in planes:
@@ -405,16 +438,31 @@ class MethodPanel(QWidget):
             index, labels = item
             if layer in self.viewer.layers:
                 write_plane(layer, index, labels)
+                self._planes_left -= 1
 
         self.worker = panel_worker(label_planes, on_error=self._failed,
-                                   progress={"total": len(planes), "desc": "Labelling slices"})
+                                   progress={"total": len(planes), "desc": desc})
         self.worker.yielded.connect(write)
         self.worker.finished.connect(self._finished)
-        self._labelling_slices = True
+        self._labelling_slices, self._planes_left = True, len(planes)
         self._set_running(True)
         self.worker.start()
 
     # -- lifecycle ------------------------------------------------------------------------------
+    def _canvas_context_current(self, *_) -> None:
+        """Before a layer goes: make the canvas's OpenGL context current (works around a napari 0.9.2 crash).
+
+        napari's layer removal (``VispyCanvas._clean_and_update_scenegraph``) flushes the deletion of the
+        layer's GL program, textures and buffers with ``context.finish()`` without making the canvas's
+        context current: they are deleted in Qt's compositing context, which shares objects with it, and
+        Mesa (llvmpipe/softpipe) then segfaults in glDrawArrays on one of the canvas's next draws.
+        Private napari attributes: when they change this quietly does nothing.
+        """
+        try:
+            self.viewer.window._qt_viewer.canvas._scene_canvas.set_current()
+        except (AttributeError, RuntimeError):
+            pass
+
     def _layer_removed(self, event) -> None:
         removed = event.value
         if removed is self.labels_layer:
@@ -446,6 +494,7 @@ class MethodPanel(QWidget):
     def eventFilter(self, obj, event) -> bool:  # noqa: N802 (Qt's name)
         if obj is getattr(self, "_window", None) and event.type() == QEvent.Type.Close:
             self.cancel(wait=True)
+            self._release_window()  # the filter holds the panel, and so the closed viewer, alive
         return False
 
     def closeEvent(self, event) -> None:  # noqa: N802 (Qt's name)

@@ -65,6 +65,24 @@ def apply_units(shape: tuple[int, ...], index: tuple[int, ...], inputs: str, sco
     return [index[:-1]] if scope != "all" else list(np.ndindex(*shape[:-3]))
 
 
+MIN_REGION = 16  # pixels: the smallest side a visible region may have to train on
+
+
+def visible_region(layer) -> tuple[slice, slice] | None:
+    """The ``(Y, X)`` part of ``layer``'s displayed plane inside the canvas (from napari's corner pixels,
+    updated on each draw), or None when all of the plane is in view."""
+    shape = spatial_shape(layer)[-2:]
+    corners = np.asarray(layer.corner_pixels)[:, -2:]
+    start = np.clip(corners[0], 0, shape)
+    stop = np.clip(corners[1] + 1, 0, shape)
+    if tuple(start) == (0, 0) and tuple(stop) == tuple(shape):
+        return None
+    if np.any(stop - start < MIN_REGION):
+        raise InputError(f"only {stop[0] - start[0]}x{stop[1] - start[1]} pixels of '{layer.name}' are in view: "
+                         f"zoom out or pan to the image (at least {MIN_REGION}x{MIN_REGION})")
+    return slice(int(start[0]), int(stop[0])), slice(int(start[1]), int(stop[1]))
+
+
 def label_plane(layer, index: tuple[int, ...], shape: tuple[int, ...]) -> np.ndarray | None:
     """The part at ``index`` of a Labels layer when it matches the image's spatial ``shape``, else None.
 
@@ -78,8 +96,10 @@ def label_plane(layer, index: tuple[int, ...], shape: tuple[int, ...]) -> np.nda
     return None
 
 
-def write_plane(layer, index: tuple[int, ...], labels: np.ndarray) -> None:
-    """Write a label plane into a Labels layer in place and redraw (no validation, no undo history)."""
+def write_plane(layer, index: tuple[int, ...], labels: np.ndarray,
+                region: tuple[slice, slice] | None = None) -> None:
+    """Write a label plane (or its ``region``) into a Labels layer in place and redraw (no validation, no
+    undo history)."""
     plane = layer.data[index] if index else layer.data
-    plane[...] = labels
+    plane[region or ...] = labels
     layer.refresh()
