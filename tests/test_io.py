@@ -38,4 +38,5 @@ def test_written_label_file_opens_unchanged_with_its_provenance(tmp_path):
     assert on_disk.dtype == np.uint16 and np.array_equal(on_disk, labels)
     (data, meta, kind), = read_layers(str(tmp_path / "lab.tif"))
     assert kind == "labels" and np.array_equal(data, labels)
+    assert meta["name"] == "lab feature-clustering"  # not the name of the image it labels
     assert meta["metadata"]["napari_selfseg"] == json.loads((tmp_path / "lab.json").read_text()) == record

@@ -201,6 +201,8 @@ def read_layers(path: str | list[str]) -> list[tuple]:
             record = None
         if isinstance(record, dict) and "method" in record:
             meta.setdefault("metadata", {})["napari_selfseg"] = record
+            # label files share their image's stem: say which method made them, next to the image layer
+            meta["name"] = f"{stem_of(path)} {record['method']}"
             return [(image.data, meta, "labels")]
     if image.rgb:
         meta["rgb"] = True

@@ -7,6 +7,8 @@ into a Labels layer. Slider moves go to ``Training.update`` and act on the next 
 from __future__ import annotations
 
 import time
+import warnings
+from contextlib import contextmanager
 
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, SpinBox
@@ -458,10 +460,8 @@ class MethodPanel(QWidget):
         Mesa (llvmpipe/softpipe) then segfaults in glDrawArrays on one of the canvas's next draws.
         Private napari attributes: when they change this quietly does nothing.
         """
-        try:
+        with private_napari():
             self.viewer.window._qt_viewer.canvas._scene_canvas.set_current()
-        except (AttributeError, RuntimeError):
-            pass
 
     def _layer_removed(self, event) -> None:
         removed = event.value
@@ -509,10 +509,20 @@ def still_activity_spinner(viewer) -> None:
     repaint composites the whole window while holding the GIL, which cost training a quarter of its speed
     (BENCHMARKS.md, speed). Private napari attributes: when they change this quietly does nothing.
     """
-    try:
+    with private_napari():
         viewer.window._qt_window._activity_dialog._toggleButton._inProgressIndicator.movie().setPaused(True)
-    except (AttributeError, RuntimeError):
-        pass
+
+
+@contextmanager
+def private_napari():
+    """Around a workaround that reaches into napari's private attributes: no deprecation warning, and no
+    error once they change (the workaround then quietly does nothing)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        try:
+            yield
+        except (AttributeError, RuntimeError):
+            pass
 
 
 def _labelled(widget) -> QWidget:
