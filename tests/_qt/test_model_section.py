@@ -95,3 +95,31 @@ def test_a_gray_layer_for_an_rgb_model_gets_a_message_not_a_traceback(trained, q
     assert any("trained on RGB images" in str(n.message) for n in new)
     assert not any(isinstance(n, ErrorNotification) for n in new)  # the kind with a traceback button
     assert "trained on RGB images" in trained.model_section.status.text()
+
+
+def test_lazy_and_multiscale_layers_are_read_plane_by_plane(trained, qtbot):
+    import dask
+    import dask.array as da
+
+    rgb = regions_image(48)[0]
+    read = []
+
+    def plane(i):
+        read.append(i)
+        return rgb
+
+    lazy = da.stack([da.from_delayed(dask.delayed(plane)(i), rgb.shape, rgb.dtype) for i in range(4)])
+    layer = trained.viewer.add_image(lazy, name="lazy", rgb=True)
+    trained.viewer.dims.set_point(0, 2)
+    read.clear()  # napari itself reads the displayed plane to draw it
+    trained.model_section.apply_to_layer(layer, scope="displayed")
+    wait_section(qtbot, trained.model_section)
+    assert set(read) == {2}  # only the displayed plane was loaded
+    assert trained.viewer.layers["lazy feature clustering"].data[2].any()
+
+    pyramid = trained.viewer.add_image([rgb, rgb[::2, ::2]], name="pyramid", rgb=True, multiscale=True)
+    trained.model_section.apply_to_layer(pyramid)
+    wait_section(qtbot, trained.model_section)
+    labels = trained.viewer.layers["pyramid feature clustering"].data
+    assert labels.shape == (48, 48)  # the full-resolution level
+    assert np.array_equal(labels, trained.training.predict(rgb, rgb=True))
