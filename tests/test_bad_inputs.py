@@ -143,7 +143,7 @@ def test_supervised_methods_refuse_slices_under_16_pixels(method, shape):
     """Slices under 16x16 (methods/supervised/data.MIN_SIDE) are refused before a network is built (they
     crashed the critics' stride-2 convolutions and batch norm at the U-Net's bottom level)."""
     image = base_image(method, size=40)[:, : shape[1], : shape[2]][: shape[0]]
-    with pytest.raises(InputError, match="too small to learn from.*16x16"):
+    with pytest.raises(InputError, match="too small for these networks.*16x16"):
         run_segment(method, image)
 
 
@@ -153,49 +153,24 @@ def test_supervised_methods_train_on_16_pixel_slices(method):
     assert run_segment(method, image).shape == image.shape
 
 
-# -- known bugs (xfail, strict: they turn red the day they are fixed; then drop the mark) ------------
-@pytest.mark.xfail(strict=True, raises=RuntimeError,
-                   reason="bug: LGAN's critic needs 16 px, but max_side shrinks a long slice's short side below "
-                          "it (data.training_size keeps only 8 px) -> 'Kernel size can't be greater than actual "
-                          "input size'")
-def test_lgan_on_a_long_thin_slice_gives_labels_or_a_clear_message():
-    image = base_image("lgan", size=256)[:2, :16, :]  # 16 x 256, trained at 8 x 128 (max_side=128)
-    try:
-        labels = run_segment("lgan", image, max_side=128)
-    except InputError:
-        return
-    assert labels.shape == image.shape
+# -- found by the fuzz and fixed: regression tests -------------------------------------------------
+def test_lgan_trains_on_a_long_thin_slice():
+    image = base_image("lgan", size=256)[:2, :16, :]  # 16 x 256: max_side=128 would make it 8 x 128
+    assert run_segment("lgan", image, max_side=128).shape == image.shape
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason="bug: a minibatch of one slice whose U-Net bottom level is 1x1 (at most 16 px at the "
-                          "default depth 4) -> batch norm's 'Expected more than 1 value per channel'")
 @pytest.mark.parametrize("method", SUPERVISED)
 def test_one_16_pixel_training_slice_at_the_default_depth(method):
-    image = base_image(method, size=16)[:1]
-    try:
-        labels = run_segment(method, image, depth=4, max_iterations=1)
-    except InputError:
-        return
-    assert labels.shape == image.shape
+    image = base_image(method, size=16)[:1]  # trained on a 32 x 32 grid: the U-Net's bottom level 2 x 2
+    assert run_segment(method, image, depth=4, max_iterations=1).shape == image.shape
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError,
-                   reason="bug: deep_clustering_3d.extract_patches gets no patch centres in a 1x2x2 volume -> "
-                          "'stack expects a non-empty TensorList'")
-def test_deep_clustering_3d_on_a_single_2x2_slice():
+def test_deep_clustering_3d_on_a_single_2x2_slice_says_why_not():
     image = base_image("deep-clustering-3d", size=2)[:1]
-    try:
-        labels = run_segment("deep-clustering-3d", image)
-    except InputError:
-        return
-    assert labels.shape == image.shape
+    with pytest.raises(InputError, match="block centre lies inside"):
+        run_segment("deep-clustering-3d", image)
 
 
-@pytest.mark.xfail(strict=True, raises=InputError,
-                   reason="bug: api.segment makes a plane a stack of one for a stack method but not its ground "
-                          "truth -> 'labels of shape (20, 20) do not match the image's (1, 20, 20)' (api.train "
-                          "wraps both)")
 def test_segment_a_plane_with_its_ground_truth_for_a_stack_method():
     image = base_image("unet")[0]
     assert run_segment("unet", image).shape == image.shape  # run_segment passes the plane's own truth

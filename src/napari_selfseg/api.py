@@ -121,7 +121,9 @@ def segment(image: np.ndarray, method: str = "feature-clustering", **kwargs: Any
     kwargs.setdefault("max_fps", 0)
     if inputs == "plane" and volume:
         return segment_volume(image, method, train_slice=train_slice, **kwargs)
-    if inputs == "stack" and not volume:  # one plane: a stack of one
+    if inputs == "stack" and not volume:  # one plane: a stack of one, and so its ground truth
+        if kwargs.get("labels") is not None and np.ndim(kwargs["labels"]) == 2:
+            kwargs["labels"] = np.asarray(kwargs["labels"])[None]
         return training(image[None], method, **kwargs).run().labels[0]
     if inputs == "volume" and not volume:
         raise InputError(f"{method} segments 3D volumes (Z, Y, X); got an image of shape {image.shape}")

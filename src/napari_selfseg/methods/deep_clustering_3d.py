@@ -296,6 +296,16 @@ def block_grid(shape: tuple[int, ...], stride: int) -> tuple[np.ndarray, ...]:
     return tuple(np.minimum(np.arange(math.ceil(n / stride)) * stride + stride // 2, n - 1) for n in shape)
 
 
+def blocks_inside(mask: np.ndarray, stride: int) -> np.ndarray:
+    """Which stride^3 blocks (on :func:`block_grid`) have their centre inside ``mask``; an
+    :class:`InputError` when none has (a tiny volume or object: nothing phase 2 could label)."""
+    inside = mask[np.ix_(*block_grid(mask.shape, stride))]
+    if not inside.any():
+        raise InputError(f"no {stride}^3 block centre lies inside the object of this {mask.shape} volume: lower "
+                         "the stride or the threshold, or use a larger volume")
+    return inside
+
+
 def fill_nearest(grid: np.ndarray, sampling=None) -> np.ndarray:
     """Every 0 cell of ``grid`` (ids > 0 are labelled) takes the id of the nearest labelled cell."""
     empty = grid == 0
@@ -384,7 +394,7 @@ class PatchClusterModel:
         p = self.params
         volume = standardised_volume(image, mask, p.patch_size // 2, p.standardise, p.outside)
         axes = block_grid(mask.shape, p.stride)
-        inside = np.argwhere(mask[np.ix_(*axes)])
+        inside = np.argwhere(blocks_inside(mask, p.stride))
         centres = np.stack([axes[i][inside[:, i]] for i in range(3)], -1)
         return volume, centres, inside
 
@@ -461,6 +471,7 @@ class DeepClustering3DTrainer:
         self.mask = object_mask(ctx.image, p.threshold, ctx.labels)
         self.zoom = isotropic_zoom(ctx.spacing)
         self.work, self.work_mask = _resample(ctx.image, self.mask, self.zoom)
+        blocks_inside(self.work_mask, p.stride)  # fail now, not after phase 1
         self.model = PatchClusterModel(p, ctx.image.shape[-1], ctx.device)
         self.model.spacing = ctx.spacing
         self.optimiser = torch.optim.SGD(self.model.net.parameters(), lr=p.learning_rate, momentum=0.9,

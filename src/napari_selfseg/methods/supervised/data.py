@@ -37,8 +37,8 @@ MIN_SIDE = 16
 
 def _prepare_plane(plane: np.ndarray, params, rgb: bool | None) -> np.ndarray:
     if min(plane.shape[:2]) < MIN_SIDE:
-        raise InputError(f"slices of {plane.shape[0]}x{plane.shape[1]} pixels are too small to learn from; "
-                         f"these networks need at least {MIN_SIDE}x{MIN_SIDE}")
+        raise InputError(f"slices of {plane.shape[0]}x{plane.shape[1]} pixels are too small for these networks "
+                         f"(at least {MIN_SIDE}x{MIN_SIDE})")
     if getattr(params, "intensity", "percentile") == "hounsfield":
         data = as_channels_last(plane, rgb).astype(np.float32)
         span = max(params.hu_high - params.hu_low, 1e-6)
@@ -54,13 +54,21 @@ def effective_max_side(params, device: torch.device) -> int:
     return int(params.max_side)
 
 
-def training_size(shape: tuple[int, int], max_side: int) -> tuple[int, int]:
+def min_grid_side(depth: int) -> int:
+    """The shortest side (pixels) of the grid a U-Net of ``depth`` poolings trains on: its bottom level at
+    least 2x2 (batch norm needs more than one value per channel, even in a minibatch of one slice) and at
+    least the critics' :data:`MIN_SIDE`."""
+    return max(MIN_SIDE, 2 ** (depth + 1))
+
+
+def training_size(shape: tuple[int, int], max_side: int, min_side: int = MIN_SIDE) -> tuple[int, int]:
     """The ``(h, w)`` grid a ``(Y, X)`` slice is trained and predicted on: longer side at most ``max_side``
-    (0 = full resolution), aspect ratio kept."""
-    if max_side <= 0 or max(shape) <= max_side:
-        return int(shape[0]), int(shape[1])
-    scale = max_side / max(shape)
-    return max(8, round(shape[0] * scale)), max(8, round(shape[1] * scale))
+    (0 = full resolution), aspect ratio kept, but no side under ``min_side`` (small slices are upsampled)."""
+    h, w = int(shape[0]), int(shape[1])
+    if max_side > 0 and max(h, w) > max_side:
+        scale = max_side / max(h, w)
+        h, w = round(h * scale), round(w * scale)
+    return max(min_side, h), max(min_side, w)
 
 
 def to_grid(images: np.ndarray, size: tuple[int, int], device: torch.device) -> torch.Tensor:
@@ -108,7 +116,7 @@ class StackData:
         self.values = class_values(labels)
         self.full_labels = to_indices(labels, self.values)  # (N, Y, X) at full resolution, for validation
         self.max_side = effective_max_side(params, device)
-        self.size = training_size(image.shape[1:3], self.max_side)
+        self.size = training_size(image.shape[1:3], self.max_side, min_grid_side(params.depth))
         self.images = to_grid(image, self.size, device)
         y = torch.from_numpy(self.full_labels)[:, None].float()
         self.labels = F.interpolate(y, size=self.size, mode="nearest")[:, 0].long().to(device)

@@ -38,7 +38,7 @@ class Segmenter:
     @torch.no_grad()
     def logits(self, images: np.ndarray, batch: int = 4) -> torch.Tensor:
         """Class logits ``(N, K, Y, X)`` of prepared ``(N, Y, X, C)`` images, on the device, float32."""
-        size = data.training_size(images.shape[1:3], self.max_side)
+        size = data.training_size(images.shape[1:3], self.max_side, data.min_grid_side(self.net.depth))
         self.net.eval()
         out = []
         for i in range(0, len(images), batch):
