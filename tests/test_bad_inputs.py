@@ -501,3 +501,38 @@ def test_float64_beyond_float32_and_complex_images():
     assert np.allclose(prepare_image(image * 1e300), prepare_image(image), atol=1e-6)
     with pytest.raises(InputError, match="complex"):
         prepare_image(image.astype(np.complex128))
+
+
+def test_cuda_oom_in_the_final_labelling_keeps_the_training_and_labels_on_the_cpu(monkeypatch):
+    """The full-resolution pass after training runs out of GPU memory: the trained weights label the image
+    on the CPU (``Method.load``) instead of the training being lost."""
+    import dataclasses
+
+    from napari_selfseg import engine
+
+    class FinishOOM(OOMTrainer):
+        def step(self):
+            self.steps += 1
+            return {"loss": 1.0}
+
+        def finish(self):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+
+        def state_dict(self):
+            return {"steps": torch.tensor(self.steps)}
+
+    loaded = []
+
+    class Loaded:
+        def __init__(self, params, state, device):
+            loaded.append((int(state["steps"]), device.type))
+
+        def predict(self, image):
+            return np.ones(image.shape[:2], np.int64)
+
+    monkeypatch.setattr(engine, "resolve_device", lambda name="auto": torch.device("cuda"))
+    method = dataclasses.replace(_oom_method(), build=FinishOOM, load=Loaded)
+    run = Training(method, base_image("kmeans"), device="cuda", max_fps=0)
+    final = run.run()
+    assert loaded == [(6, "cpu")] and final.labels.shape == (20, 20)  # all 6 trained steps kept
+    assert any("computed on the CPU" in notice for notice in run.notices)

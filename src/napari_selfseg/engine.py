@@ -421,13 +421,34 @@ class Training:
                 shown = labels
                 last_emit = now
                 yield self._snapshot(iteration, losses, labels, elapsed, index=index)
-        raw = np.asarray(trainer.finish())
+        raw = np.asarray(self._finish(trainer))
         final = self._final_ids(raw, shown)
         final = self._postprocess(final)
         self.trainer = trainer
         self.stop_reason = reason
         elapsed = time.perf_counter() - start - paused_for
         yield self._snapshot(iteration, losses, final, elapsed, final=True, reason=reason)
+
+    def _finish(self, trainer: Trainer) -> np.ndarray:
+        """``trainer.finish()``; out of GPU memory: with smaller tiles while the trainer can shrink them,
+        then with the trained weights on the CPU (``Method.load``), so the training is not lost."""
+        while True:
+            try:
+                return trainer.finish()
+            except torch.cuda.OutOfMemoryError:
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                reduce = getattr(trainer, "reduce_memory", None)
+                if reduce is not None and reduce():
+                    self.notices.append("out of GPU memory: labelling with smaller tiles")
+                    continue
+                if self.method.load is None or self.device.type == "cpu":
+                    raise InputError("out of memory while labelling the image: use a smaller image or scale") \
+                        from None
+                state = {k: v.detach().cpu() for k, v in trainer.state_dict().items()}
+                self.notices.append(f"out of GPU memory: the final labels were computed on the CPU (was "
+                                    f"{self.device})")
+                return self.method.load(self._ctx.params, state, torch.device("cpu")).predict(self._ctx.image)
 
     def _out_of_memory(self, trainer: Trainer) -> Trainer:
         """After an out-of-memory step: smaller tiles if the trainer can (``reduce_memory()``), else start

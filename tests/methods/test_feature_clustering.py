@@ -75,3 +75,24 @@ def test_runs_on_cuda(regions):
     image, truth = regions
     labels = segment(image, device="cuda", **FAST)
     assert labels.shape == truth.shape
+
+
+def test_out_of_gpu_memory_in_the_final_pass_retries_in_smaller_tiles(monkeypatch):
+    """The same labels as without the fallback (tiles give the untiled result), and the user is told."""
+    from napari_selfseg.methods import feature_clustering
+
+    from ..conftest import regions_image
+
+    image, _ = regions_image(48)
+    expected = training(image, "feature-clustering", rgb=True, max_fps=0, **FAST).run().labels
+    real = feature_clustering.tiled_forward
+
+    def small_gpu(model, x, tile, **kwargs):
+        if tile > 256:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        return real(model, x, tile, **kwargs)
+
+    monkeypatch.setattr(feature_clustering, "tiled_forward", small_gpu)
+    run = training(image, "feature-clustering", rgb=True, max_fps=0, **FAST)
+    assert np.array_equal(run.run().labels, expected)
+    assert run.trainer.tile == 256 and run.notices.count("out of GPU memory: labelling with smaller tiles") == 2

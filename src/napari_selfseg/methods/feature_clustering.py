@@ -233,6 +233,14 @@ class FeatureClusteringTrainer:
         self.superpixels = self._superpixels(h, w) if p.superpixels else None
         self.scribbles, self.scribble_mask = self._scribbles(h, w)
         self.target = torch.zeros((1, h, w), dtype=torch.long, device=ctx.device)
+        self.tile = TILE  # pixels per tile side of full-resolution passes; halved after an out-of-memory
+
+    def reduce_memory(self) -> bool:
+        """Halve the full-resolution tile (down to 128 px); False when it cannot shrink further."""
+        if self.tile <= 128:
+            return False
+        self.tile //= 2
+        return True
 
     def _superpixels(self, h: int, w: int) -> torch.Tensor:
         p = self.ctx.params
@@ -290,7 +298,7 @@ class FeatureClusteringTrainer:
         return self.target[0].cpu().numpy()
 
     def predict(self, image: np.ndarray) -> np.ndarray:
-        return predict_clusters(self.model, self.ctx.params, image, self.ctx.device, self.ctx.autocast())
+        return predict_clusters(self.model, self.ctx.params, image, self.ctx.device, self.ctx.autocast(), self.tile)
 
     def finish(self) -> np.ndarray:
         return self.predict(self.ctx.image)
@@ -301,9 +309,10 @@ class FeatureClusteringTrainer:
 
 @torch.no_grad()
 def predict_clusters(model: ResponseNet, p: FeatureClusteringParams, image: np.ndarray, device: torch.device,
-                     autocast=None) -> np.ndarray:
-    """Cluster ids ``(Y, X)`` of a prepared ``(Y, X, C)`` image by a trained network, at full resolution,
-    with the final-map refinements (``merge_cost``, ``refine_superpixels``, ``min_region``) applied."""
+                     autocast=None, tile: int | None = None) -> np.ndarray:
+    """Cluster ids ``(Y, X)`` of a prepared ``(Y, X, C)`` image by a trained network, at full resolution
+    (in ``tile``-pixel tiles above that size, default :data:`TILE`), with the final-map refinements
+    (``merge_cost``, ``refine_superpixels``, ``min_region``) applied."""
     model.train()  # batch statistics, as during training: the responses stay normalised
     x = _to_tensor(_features(image, p.colour_space, p.coordinates), device, 1.0)
     with autocast or contextlib.nullcontext():
@@ -313,7 +322,7 @@ def predict_clusters(model: ResponseNet, p: FeatureClusteringParams, image: np.n
             lut = _ward_merge(*_cluster_means(response[0], labels), p.merge_cost)
             labels = torch.from_numpy(lut).to(labels.device)[labels]
         else:  # large images in tiles, with the whole image's batch statistics (no seams)
-            labels = tiled_forward(model, x, TILE, overlap=2 * p.conv_layers + 2, reduce=_argmax)[0, 0]
+            labels = tiled_forward(model, x, tile or TILE, overlap=2 * p.conv_layers + 2, reduce=_argmax)[0, 0]
     labels = labels.cpu().numpy()
     if p.refine_superpixels > 0:
         labels = _superpixel_majority(labels, image, p.refine_superpixels, p.compactness)
