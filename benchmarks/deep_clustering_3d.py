@@ -268,8 +268,9 @@ def main(argv=None) -> int:
                                            args.results)
     command = "python -m benchmarks deep-clustering-3d " + " ".join(argv if argv is not None else sys.argv[1:])
     load = os.getloadavg()[0]
-    report = (f"Measured {machine()}; load average {load:.0f} on the shared machine during the run, so wall "
-              f"times are inflated: CPU s is the method's own CPU time (one torch thread).\n"
+    busy = ", so wall times are inflated" if load > (os.cpu_count() or 1) else ""
+    report = (f"Measured {machine()}; load average {load:.1f} on the shared machine during the run{busy}: CPU s "
+              f"is the method's own CPU time (one torch thread).\n"
               f"Command: `{command.strip()}`\n\n{_table(results, paper)}")
     print(report)
     if args.write:
