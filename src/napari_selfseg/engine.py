@@ -448,7 +448,10 @@ class Training:
                 state = {k: v.detach().cpu() for k, v in trainer.state_dict().items()}
                 self.notices.append(f"out of GPU memory: the final labels were computed on the CPU (was "
                                     f"{self.device})")
-                return self.method.load(self._ctx.params, state, torch.device("cpu")).predict(self._ctx.image)
+                model = self.method.load(self._ctx.params, state, torch.device("cpu"))
+                if self.method.inputs == "stack":  # the predictors label one plane at a time
+                    return np.stack([model.predict(plane) for plane in self._ctx.image])
+                return model.predict(self._ctx.image)
 
     def _out_of_memory(self, trainer: Trainer) -> Trainer:
         """After an out-of-memory step: smaller tiles if the trainer can (``reduce_memory()``), else start

@@ -94,6 +94,17 @@ def normalise(image: np.ndarray) -> np.ndarray:
     return out
 
 
+def as_uint8(image: np.ndarray) -> np.ndarray:
+    """``image`` as uint8 on the scale :func:`normalise` gives it (uint8 unchanged), so that parts of it
+    are normalised exactly as the whole (``normalise`` passes uint8 through)."""
+    image = np.asarray(image)
+    if image.dtype == np.uint8:
+        return image
+    channels = image if image.ndim == 3 and image.shape[-1] in (3, 4) else image[..., None]
+    scaled = np.round(normalise(channels) * 255).astype(np.uint8)
+    return scaled if channels is image else scaled[..., 0]
+
+
 def _as_float32(image: np.ndarray) -> np.ndarray:
     """float32 copy; finite values beyond float32's range (float64 up to 1e308) are scaled down first, which
     the percentile stretch that follows does not see (it is invariant to scale)."""

@@ -25,3 +25,17 @@ def test_stack_and_volume_methods_label_whole_stacks(inputs):
 def test_a_2d_image_is_one_unit(scope):
     assert apply_units((8, 8), (), "plane", scope) == [()]
     assert apply_units((8, 8), (), "stack", scope) == [()]
+
+
+def test_visible_region_of_a_multiscale_layer_is_in_full_resolution_pixels():
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from napari_selfseg._qt.planes import visible_region
+
+    level0 = np.zeros((2048, 2048))
+    layer = SimpleNamespace(name="pyramid", multiscale=True, rgb=False, data=[level0, level0[::2, ::2]],
+                            data_level=1, downsample_factors=[(1.0, 1.0), (2.0, 2.0)],
+                            corner_pixels=np.array([[0, 0], [511, 1023]]))  # level-1 pixels
+    assert visible_region(layer) == (slice(0, 1024), slice(0, 2048))

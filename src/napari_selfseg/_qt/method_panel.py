@@ -15,13 +15,13 @@ from magicgui.widgets import CheckBox, ComboBox, SpinBox
 from napari.layers import Image, Labels
 from napari.utils import progress
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import QEvent, QThreadPool
+from qtpy.QtCore import QEvent
 from superqt import QCollapsible
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QPushButton, QScrollArea, QSizePolicy, QVBoxLayout, QWidget
 
 from .. import api
 from ..engine import Method, Snapshot, Training, resolve_device
-from ..imageprep import InputError
+from ..imageprep import InputError, as_uint8
 from ..labelmaps import ground_truth
 from .loss_plot import LossPlot
 from .model_section import ModelSection
@@ -54,6 +54,7 @@ class MethodPanel(QWidget):
         self._index: tuple[int, ...] = ()
         self._region: tuple[slice, slice] | None = None  # the (Y, X) part of the plane trained on, if not all
         self._whole_plane_pending = False  # trained on a region: the whole plane is still to be labelled
+        self._region_plane: np.ndarray | None = None  # the plane a region was cut from, as trained (uint8)
         self._progress = None
         self._window = None  # the main window, watched so closing the viewer ends a running training
         self._applying_preset = False
@@ -266,7 +267,10 @@ class MethodPanel(QWidget):
         truth = self._ground_truth(image_layer, index)
         self._region = visible_region(image_layer) if self.method.inputs == "plane" and self.region_box.value \
             else None
+        self._region_plane = None
         if self._region is not None:
+            # the region and the whole plane must share one intensity scale: stretch the whole plane once
+            data = self._region_plane = as_uint8(data)
             data, scribbles, truth = (None if a is None else a[self._region] for a in (data, scribbles, truth))
         params = self.form.values()
         threads = 1 if resolve_device(self.device_box.value).type == "cpu" else None
@@ -276,6 +280,8 @@ class MethodPanel(QWidget):
                        stop_rules=self.method.stop_rules(params), threads=threads,
                        max_fps=VOLUME_FRAMES_PER_SECOND if self.method.inputs == "volume" else FRAMES_PER_SECOND)
         self._ensure_labels_layer(image_layer)
+        if self._region is not None:  # no labels of an earlier run around the region while it trains
+            write_plane(self.labels_layer, index, np.zeros(spatial_shape(image_layer)[-2:], np.uint16))
         return run, index
 
     def _scribbles(self, image_layer, index) -> np.ndarray | None:
@@ -362,7 +368,8 @@ class MethodPanel(QWidget):
         if self._whole_plane_pending and self.worker is None:
             self._whole_plane_pending = False
             self.status.setText(self.status.text() + "; labelling the whole plane…")
-            self._label_planes([self._index], "Labelling the plane")
+            plane = self._region_plane
+            self._label_planes([self._index], "Labelling the plane", read=lambda index: plane)
 
     def toggle_pause(self) -> None:
         if self.training is None or self.worker is None:
@@ -376,7 +383,10 @@ class MethodPanel(QWidget):
 
     def stop(self) -> None:
         """Stop training; the final full-resolution frame is still computed and shown."""
-        if self.training is not None and self.worker is not None:
+        if self.worker is not None and self._labelling_slices:
+            self.worker.quit()  # after the plane being labelled
+            self.status.setText("Stopping after this plane…")
+        elif self.training is not None and self.worker is not None:
             self.training.stop()
             self.status.setText("Stopping…")
 
@@ -391,9 +401,17 @@ class MethodPanel(QWidget):
         if self.worker is not None and self._labelling_slices:
             self.worker.quit()  # the slice-labelling generator stops after its current slice
         if self.worker is not None and wait:
-            self.worker.await_workers(5000)
-            if QThreadPool.globalInstance().activeThreadCount() == 0:
-                self._finished()  # its "finished" signal may never arrive: the viewer may be closing
+            worker = self.worker
+            for signal in (worker.yielded, worker.finished):  # nothing of a cancelled run arrives later
+                try:
+                    signal.disconnect()
+                except TypeError:
+                    pass
+            try:
+                worker.await_workers(5000)
+            except RuntimeError:  # a plane still being labelled: it ends on its own, its result unused
+                pass
+            self._finished()  # its "finished" signal will not arrive (disconnected, or the viewer is closing)
         if self.model_section is not None:
             self.model_section.cancel(wait)
         if self.sweep_section is not None:
@@ -401,7 +419,7 @@ class MethodPanel(QWidget):
 
     def _set_running(self, running: bool) -> None:
         self.train_button.setEnabled(not running)
-        self.pause_button.setEnabled(running)
+        self.pause_button.setEnabled(running and not self._labelling_slices)
         self.pause_button.setText("Pause")
         self.stop_button.setEnabled(running)
         self.form.set_training(running)
@@ -426,15 +444,18 @@ class MethodPanel(QWidget):
         if self.image_layer is not None:
             self._label_planes(list(np.ndindex(*spatial_shape(self.image_layer)[:-2])), "Labelling slices")
 
-    def _label_planes(self, planes: list[tuple[int, ...]], desc: str) -> None:
-        """Label ``planes`` of the trained image with the trained network, in a worker, streaming planes."""
+    def _label_planes(self, planes: list[tuple[int, ...]], desc: str, read=None) -> None:
+        """Label ``planes`` of the trained image with the trained network, in a worker, streaming planes;
+        ``read(index)`` gives a plane (default: from the image layer)."""
         image_layer, run, layer = self.image_layer, self.training, self.labels_layer
-        if image_layer is None or run is None or run.trainer is None or self.worker is not None:
+        if image_layer is None or run is None or run.trainer is None or self.worker is not None \
+                or layer is None or layer not in self.viewer.layers:
             return
+        read = read or (lambda index: image_plane(image_layer, index))
 
         def label_planes():
             for index in planes:
-                yield index, run.predict(image_plane(image_layer, index), rgb=image_layer.rgb)
+                yield index, run.predict(read(index), rgb=image_layer.rgb)
 
         def write(item):
             index, labels = item

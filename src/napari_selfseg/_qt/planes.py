@@ -72,7 +72,11 @@ def visible_region(layer) -> tuple[slice, slice] | None:
     """The ``(Y, X)`` part of ``layer``'s displayed plane inside the canvas (from napari's corner pixels,
     updated on each draw), or None when all of the plane is in view."""
     shape = spatial_shape(layer)[-2:]
-    corners = np.asarray(layer.corner_pixels)[:, -2:]
+    corners = np.asarray(layer.corner_pixels)[:, -2:].astype(float)
+    if layer.multiscale:  # corner pixels are in the shown level's pixels: back to full resolution
+        factor = np.asarray(layer.downsample_factors[layer.data_level])[-2:]
+        corners = np.stack([corners[0] * factor, (corners[1] + 1) * factor - 1])
+    corners = np.round(corners).astype(int)
     start = np.clip(corners[0], 0, shape)
     stop = np.clip(corners[1] + 1, 0, shape)
     if tuple(start) == (0, 0) and tuple(stop) == tuple(shape):
