@@ -402,11 +402,12 @@ class MethodPanel(QWidget):
             self.worker.quit()  # the slice-labelling generator stops after its current slice
         if self.worker is not None and wait:
             worker = self.worker
-            for signal in (worker.yielded, worker.finished):  # nothing of a cancelled run arrives later
-                try:
-                    signal.disconnect()
-                except TypeError:
-                    pass
+            # nothing of a cancelled run arrives later (napari's own slots, e.g. its progress bar, stay)
+            try:
+                worker.yielded.disconnect()
+                worker.finished.disconnect(self._finished)
+            except TypeError:  # not connected
+                pass
             try:
                 worker.await_workers(5000)
             except RuntimeError:  # a plane still being labelled: it ends on its own, its result unused
