@@ -25,7 +25,8 @@ def panel_worker(func: Callable, on_error: Callable[[Exception], None], progress
             notification_manager.receive_error(type(exc), exc, exc.__traceback__)
 
     # an "errored" connection given here stops superqt from re-raising the error in the event loop
-    worker = create_worker(_reraise_runtime_errors(func), _start_thread=False, _progress=progress, _connect={"errored": errored})
+    worker = create_worker(_reraise_runtime_errors(func), _start_thread=False, _progress=progress,
+                           _connect={"errored": errored})
     try:  # napari versions that relay worker errors themselves: we do it (once, our way)
         worker.errored.disconnect(worker._relay_error)
     except (AttributeError, TypeError):
