@@ -436,11 +436,7 @@ class Training:
             try:
                 return trainer.finish()
             except torch.cuda.OutOfMemoryError:
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
-                reduce = getattr(trainer, "reduce_memory", None)
-                if reduce is not None and reduce():
-                    self.notices.append("out of GPU memory: labelling with smaller tiles")
+                if self._shrink(trainer, "labelling with smaller tiles"):
                     continue
                 if self.method.load is None or self.device.type == "cpu":
                     raise InputError("out of memory while labelling the image: use a smaller image or scale") \
@@ -453,14 +449,21 @@ class Training:
                     return np.stack([model.predict(plane) for plane in self._ctx.image])
                 return model.predict(self._ctx.image)
 
-    def _out_of_memory(self, trainer: Trainer) -> Trainer:
-        """After an out-of-memory step: smaller tiles if the trainer can (``reduce_memory()``), else start
-        again on the CPU; on the CPU with nothing left to shrink, a clear error."""
+    def _shrink(self, trainer: Trainer, doing: str) -> bool:
+        """After an out-of-memory: free CUDA's cache and let the trainer shrink its tiles or batches
+        (optional ``reduce_memory()``); True (and a notice) if it did."""
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         reduce = getattr(trainer, "reduce_memory", None)
-        if reduce is not None and reduce():
-            self.notices.append("out of GPU memory: continuing with smaller tiles")
+        if reduce is None or not reduce():
+            return False
+        self.notices.append(f"out of GPU memory: {doing}")
+        return True
+
+    def _out_of_memory(self, trainer: Trainer) -> Trainer:
+        """After an out-of-memory step: smaller tiles if the trainer can (``reduce_memory()``), else start
+        again on the CPU; on the CPU with nothing left to shrink, a clear error."""
+        if self._shrink(trainer, "continuing with smaller tiles"):
             return trainer
         if self.device.type == "cpu":
             raise InputError("out of memory even on the CPU: use a smaller image, scale or batch")

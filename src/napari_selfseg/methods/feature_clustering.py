@@ -159,16 +159,17 @@ def _cluster_means(response: torch.Tensor, labels: torch.Tensor) -> tuple[np.nda
     return counts.cpu().numpy(), (sums / counts.clamp(min=1)[:, None]).cpu().numpy()
 
 
-def _ward_merge(counts: np.ndarray, means: np.ndarray, max_cost: float) -> np.ndarray:
+def _ward_merge(counts: np.ndarray, means: np.ndarray, max_cost: float = np.inf,
+                min_clusters: int = 1) -> np.ndarray:
     """Greedy Ward merging of clusters with ``counts`` ``(q,)`` pixels and mean responses ``(q, c)``:
     the pair with the cheapest merge joins while its cost ``n_a n_b / (n_a + n_b) |m_a - m_b|^2``,
-    divided by ``sum(counts) * c`` (a fraction of unit per-channel variance), stays below ``max_cost``.
-    Returns the lookup ``(q,)`` from old to new cluster ids."""
+    divided by ``sum(counts) * c`` (a fraction of unit per-channel variance), stays below ``max_cost``
+    and more than ``min_clusters`` clusters remain. Returns the lookup ``(q,)`` from old to new ids."""
     lut = np.arange(len(counts))
     alive = list(np.flatnonzero(counts > 0))
     n, m = counts.astype(np.float64), means.astype(np.float64)
-    norm = counts.sum() * means.shape[1]
-    while len(alive) > 1:
+    norm = max(counts.sum() * means.shape[1], 1e-12)
+    while len(alive) > max(1, min_clusters):
         a = np.array(alive)
         na, ma = n[a], m[a]
         cost = na[:, None] * na[None] / (na[:, None] + na[None]) * ((ma[:, None] - ma[None]) ** 2).sum(-1) / norm

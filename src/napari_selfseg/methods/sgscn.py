@@ -123,23 +123,11 @@ def _merge_down_to(counts: np.ndarray, means: np.ndarray, lut: np.ndarray, clust
 
     Why: training that ends by its iteration budget can leave the image in many clusters, and a user who
     asked for ``min_labels`` clusters (or the best-overlap rule) wants that many, merged where alike."""
-    lut = lut.copy()
-    n = np.bincount(lut, weights=counts, minlength=len(counts))
+    n = np.bincount(lut, weights=counts, minlength=len(counts))  # the clusters lut already made
     m = np.zeros_like(means, dtype=np.float64)
     np.add.at(m, lut, means * counts[:, None])
     m /= np.maximum(n, 1)[:, None]
-    alive = list(np.flatnonzero(n > 0))
-    while len(alive) > max(1, clusters):
-        a = np.array(alive)
-        cost = n[a][:, None] * n[a][None] / (n[a][:, None] + n[a][None]) * ((m[a][:, None] - m[a][None]) ** 2).sum(-1)
-        cost[np.tril_indices(len(a))] = np.inf
-        i, j = np.unravel_index(np.argmin(cost), cost.shape)
-        keep, gone = a[i], a[j]
-        m[keep] = (m[keep] * n[keep] + m[gone] * n[gone]) / (n[keep] + n[gone])
-        n[keep] += n[gone]
-        lut[lut == gone] = keep
-        alive.remove(gone)
-    return lut
+    return _ward_merge(n, m, min_clusters=clusters)[lut]
 
 
 def _stop_rules(params: SGSCNParams) -> StopRules:
