@@ -211,7 +211,8 @@ class Training:
         :func:`napari_selfseg.labelmaps.ground_truth`); for methods that take it.
     preview : the stack slice whose labels the frames show (stack methods; default the middle one).
     spacing : voxel size per spatial axis (volume methods), 1s when None.
-    max_fps : at most this many intermediate snapshots per second; 0 = only the final one.
+    max_fps : at most this many intermediate snapshots per second; 0 = only the final one. Read at every
+        step, so a consumer may change it during the run (the panel paces frames to its drawing cost).
     threads : torch CPU threads during the run (restored afterwards); None leaves torch's setting.
     check_every : stop rules look at the labels every this many steps (they cost a host sync on GPUs);
         None = 1 on CPU, 10 elsewhere. Deterministic, so a seed gives the same result at any frame rate.
@@ -378,7 +379,6 @@ class Training:
         trainer = self.method.build(self._ctx)
         start = time.perf_counter()
         paused_for = 0.0
-        min_gap = 1.0 / self.max_fps if self.max_fps else None  # None: only the final frame
         last_emit = -math.inf
         shown: np.ndarray | None = None  # the last emitted labels, to keep ids stable
         previous: np.ndarray | None = None
@@ -415,7 +415,7 @@ class Training:
             if reason is None and rules.max_seconds is not None and elapsed >= rules.max_seconds:
                 reason = "time budget"
             now = time.perf_counter()
-            if reason is None and min_gap is not None and now - last_emit >= min_gap:
+            if reason is None and self.max_fps and now - last_emit >= 1.0 / self.max_fps:  # read live: paced
                 index = (self._ctx.preview,) if self.method.inputs == "stack" else ()
                 labels = self._display_labels(current if current is not None else trainer.current(), shown)
                 shown = labels

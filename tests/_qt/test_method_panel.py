@@ -216,3 +216,18 @@ def test_a_visible_region_too_small_to_train_on_is_refused(shown_panel, qtbot):
     panel.region_box.value = True
     panel.train_button.click()
     assert panel.worker is None and "zoom out" in panel.status.text()
+
+
+def test_frame_rate_follows_the_drawing_cost(panel, qtbot):
+    from napari_selfseg._qt.method_panel import MAX_FRAMES_PER_SECOND, MIN_FRAMES_PER_SECOND
+
+    panel.form.set_values({"max_iterations": 5000, "min_labels": 1})
+    frames = []
+    panel.train_button.click()
+    panel.worker.yielded.connect(frames.append)
+    qtbot.waitUntil(lambda: panel._pacer.cost is not None, timeout=30000)  # a frame was drawn and timed
+    assert MIN_FRAMES_PER_SECOND <= panel.training.max_fps <= MAX_FRAMES_PER_SECOND
+    assert panel.training.max_fps == panel._pacer.fps  # the running training asks for the paced rate
+    panel.stop_button.click()
+    wait_idle(qtbot, panel)
+    assert frames[-1].final and np.array_equal(panel.labels_layer.data, frames[-1].labels)

@@ -24,11 +24,13 @@ class LossPlot(QWidget):
         self.series = {}
         self.update()
 
-    def add(self, iteration: int, losses: dict[str, float]) -> None:
+    def add(self, iteration: int, losses: dict[str, float], redraw: bool = True) -> None:
+        """Append one snapshot's loss terms; ``redraw=False`` keeps them for the next redraw."""
         for name, value in losses.items():
             if math.isfinite(value) and value > 0:
                 self.series.setdefault(name, []).append((iteration, value))
-        self.update()
+        if redraw:
+            self.update()
 
     def paintEvent(self, event) -> None:  # noqa: N802 (Qt's name)
         painter = QPainter(self)

@@ -15,7 +15,7 @@ from magicgui.widgets import CheckBox, ComboBox, SpinBox
 from napari.layers import Image, Labels
 from napari.utils import progress
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import QEvent
+from qtpy.QtCore import QCoreApplication, QEvent, Qt
 from superqt import QCollapsible
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QPushButton, QScrollArea, QSizePolicy, QVBoxLayout, QWidget
 
@@ -23,6 +23,7 @@ from .. import api
 from ..engine import Method, Snapshot, Training, resolve_device
 from ..imageprep import InputError, as_uint8
 from ..labelmaps import ground_truth
+from .frame_pacer import FramePacer
 from .loss_plot import LossPlot
 from .model_section import ModelSection
 from .param_form import ParamForm
@@ -34,10 +35,17 @@ from .workers import panel_worker
 
 
 # Frames drawn per second while training: several a second reads as live; more costs the worker
-# throughput (each frame is a redraw, in software GL under Xvfb). A volume frame is a whole 3D label map
-# to resize, match and upload: once a second.
+# throughput (each frame is a redraw, in software GL under Xvfb). The rate starts at FRAMES_PER_SECOND and
+# then follows the measured drawing cost (FramePacer: drawing takes at most DRAWING_BUDGET of the time).
+# A volume frame is a whole 3D label map to resize, match and upload: once a second.
 FRAMES_PER_SECOND = 4.0
+MIN_FRAMES_PER_SECOND, MAX_FRAMES_PER_SECOND = 2.0, 8.0
+DRAWING_BUDGET = 0.08
 VOLUME_FRAMES_PER_SECOND = 1.0
+# posted behind a frame's repaint (both at low priority): its arrival ends the frame's drawing time
+_FRAME_DRAWN = QEvent.Type(QEvent.registerEventType())
+_LOW_PRIORITY = int(getattr(Qt.EventPriority.LowEventPriority, "value", Qt.EventPriority.LowEventPriority))
+READOUT_SECONDS = 1.0  # status line, loss curve, thumbnail and activity bar
 
 
 class MethodPanel(QWidget):
@@ -56,6 +64,8 @@ class MethodPanel(QWidget):
         self._whole_plane_pending = False  # trained on a region: the whole plane is still to be labelled
         self._region_plane: np.ndarray | None = None  # the plane a region was cut from, as trained (uint8)
         self._progress = None
+        self._pacer: FramePacer | None = None  # the running training's frame rate, from drawing costs
+        self._frame_arrived = 0.0  # when the last frame reached the GUI thread (perf_counter seconds)
         self._window = None  # the main window, watched so closing the viewer ends a running training
         self._applying_preset = False
         self._labelling_slices = False  # the worker labels all slices (not a training)
@@ -245,7 +255,9 @@ class MethodPanel(QWidget):
         self.plot.clear()
         if self.model_section is not None:
             self.model_section.forget_loaded()  # Apply now uses this training
-        self._progress_shown = 0.0
+        self._readouts_shown = 0.0
+        self._pacer = (None if self.method.inputs == "volume" else
+                       FramePacer(FRAMES_PER_SECOND, DRAWING_BUDGET, MIN_FRAMES_PER_SECOND, MAX_FRAMES_PER_SECOND))
         self._progress = progress(total=self.training.stop_rules.max_iterations or 0,
                                   desc=f"{self.method.title} on {self.image_box.value.name}")
         still_activity_spinner(self.viewer)
@@ -320,24 +332,25 @@ class MethodPanel(QWidget):
     def _show(self, snap: Snapshot) -> None:
         """GUI thread: copy a finished frame into the Labels layer, update readouts."""
         layer = self.labels_layer
+        now = time.perf_counter()
+        # With software OpenGL every repaint of a widget outside the canvas composites the whole window
+        # once more (~10 ms per frame, taken from training): the readouts, the layer list and napari's
+        # activity bar (which processes all pending events) change once a second, the canvas every frame.
+        readouts = snap.final or now - self._readouts_shown >= READOUT_SECONDS
         if layer is not None and layer in self.viewer.layers:
             labels, where = snap.labels, self._index + snap.index
             if len(where) + labels.ndim > layer.data.ndim:  # a 2D image trained as a stack of one
                 labels, where = labels.reshape(labels.shape[-2:]), ()
-            write_plane(layer, where, labels, self._region)
-        self.plot.add(snap.iteration, snap.losses)
+            write_plane(layer, where, labels, self._region, layer_list=None if readouts else self.viewer.layers)
+        self.plot.add(snap.iteration, snap.losses, redraw=readouts)
         if snap.notice:
             show_warning(f"{self.method.title}: {snap.notice}")
-        now = time.perf_counter()
-        if self._progress is not None and (snap.final or now - self._progress_shown >= 1.0):
-            # napari's activity bar costs tens of ms per update: once a second is plenty
-            self._progress.update(snap.iteration - self._progress.n)
-            self._progress_shown = now
-        rate = snap.iteration / snap.elapsed if snap.elapsed > 0 else 0.0
-        state = f"done ({snap.stop_reason})" if snap.final else ("paused" if self.training.paused else "training")
-        kind = "classes" if self.method.semantic else "clusters"
-        self.status.setText(f"{state}: iteration {snap.iteration}, {snap.n_clusters} {kind}, "
-                            f"{rate:.1f} it/s, {snap.elapsed:.1f} s")
+        if self._pacer is not None and not snap.final:
+            self._frame_arrived = now
+            QCoreApplication.postEvent(self, QEvent(_FRAME_DRAWN), _LOW_PRIORITY)
+        if readouts:
+            self._show_readouts(snap)
+            self._readouts_shown = now
         if snap.final and self._region is not None:
             self._whole_plane_pending = True
             self._label_whole_plane()
@@ -346,6 +359,21 @@ class MethodPanel(QWidget):
                 self.training, image=self.image_layer.name,
                 plane_index=list(self._index), iterations=snap.iteration, final_losses=snap.losses,
                 **({"trained_region": [[r.start, r.stop] for r in self._region]} if self._region else {}))
+
+    def customEvent(self, event) -> None:  # noqa: N802 (Qt's name)
+        """A frame's repaint is done: pace the next frames to what drawing it cost."""
+        if event.type() == _FRAME_DRAWN and self._pacer is not None and self.training is not None:
+            self.training.max_fps = self._pacer.drawn(time.perf_counter() - self._frame_arrived)
+
+    def _show_readouts(self, snap: Snapshot) -> None:
+        """The status line and napari's activity bar for ``snap``."""
+        if self._progress is not None:
+            self._progress.update(snap.iteration - self._progress.n)
+        rate = snap.iteration / snap.elapsed if snap.elapsed > 0 else 0.0
+        state = f"done ({snap.stop_reason})" if snap.final else ("paused" if self.training.paused else "training")
+        kind = "classes" if self.method.semantic else "clusters"
+        self.status.setText(f"{state}: iteration {snap.iteration}, {snap.n_clusters} {kind}, "
+                            f"{rate:.1f} it/s, {snap.elapsed:.1f} s")
 
     def _failed(self, err: Exception) -> None:
         show_error(f"{self.method.title} failed: {err}")

@@ -101,9 +101,22 @@ def label_plane(layer, index: tuple[int, ...], shape: tuple[int, ...]) -> np.nda
 
 
 def write_plane(layer, index: tuple[int, ...], labels: np.ndarray,
-                region: tuple[slice, slice] | None = None) -> None:
-    """Write a label plane (or its ``region``) into a Labels layer in place and redraw (no validation, no
-    undo history)."""
+                region: tuple[slice, slice] | None = None, layer_list=None) -> None:
+    """Write a label plane (or its ``region``) into a Labels layer in place and redraw it (no validation,
+    no undo history).
+
+    ``layer_list``: the viewer's layer list, given for an intermediate frame of a streamed training; the
+    list then hears nothing of it (its thumbnail and row stay as they were). Why: with software OpenGL
+    every repaint outside the canvas composites the whole window once more, ~10 ms per frame taken from
+    training; the panel lets the list update with its once-a-second readouts and the final frame.
+    """
     plane = layer.data[index] if index else layer.data
     plane[region or ...] = labels
-    layer.refresh()
+    if layer_list is None:
+        layer.refresh()
+        return
+    with layer_list.events.blocker():
+        try:
+            layer.refresh(thumbnail=False, extent=False, highlight=False)
+        except TypeError:  # napari without refresh's keywords
+            layer.refresh()
