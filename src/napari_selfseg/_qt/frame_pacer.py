@@ -1,7 +1,7 @@
 """How often a training panel asks for frames: drawing them may take only a small share of the time.
 
 Each drawn frame costs the GUI thread (and a software OpenGL renderer's threads) time the training loop
-shares the CPU with: ~35 ms per frame under Xvfb on a 2-core machine, a few ms on a desktop GPU. The
+shares the CPU with: ~30 ms per frame under Xvfb on a 2-core machine, a few ms on a desktop GPU. The
 pacer turns the measured cost into a frame rate, so a fast display streams more frames and a slow one
 keeps the training near its headless speed.
 """
