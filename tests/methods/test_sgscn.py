@@ -7,6 +7,7 @@ from napari_selfseg import segment, training
 from napari_selfseg.api import resolve_params
 from napari_selfseg.engine import TrainContext
 from napari_selfseg.losses import context_consistency, coordinate_grid
+from napari_selfseg.methods.feature_clustering import _colour_merge
 from napari_selfseg.methods.sgscn import METHOD, SGSCNTrainer, load
 
 FAST = {"channels": 16, "train_pixels": 0, "max_iterations": 60, "threads": 1}
@@ -129,12 +130,37 @@ def test_gray_image_and_volume(regions):
     assert stack.shape == volume.shape and np.array_equal(stack[0], stack[2])
 
 
+def test_colour_merge_joins_look_alike_clusters_first():
+    # two red and two blue quarters, each its own cluster; one dark-red quarter
+    labels = np.repeat(np.arange(4), 8)[None].repeat(8, 0)  # (8, 32): four vertical bands, ids 0-3
+    image = np.zeros((8, 32, 3), dtype=np.float32)
+    image[:, :8] = image[:, 8:16] = (0.9, 0.1, 0.1)
+    image[:, 16:24] = (0.1, 0.1, 0.9)
+    image[:, 24:] = (0.15, 0.1, 0.85)
+    merged = _colour_merge(labels, image, 2)
+    assert len(np.unique(merged)) == 2
+    assert merged[0, 0] == merged[0, 8] and merged[0, 16] == merged[0, 24] and merged[0, 0] != merged[0, 16]
+    assert np.array_equal(_colour_merge(labels, image, 4), labels)  # already few enough: unchanged
+    gray = image[..., :1]  # gray images merge on their intensity
+    assert len(np.unique(_colour_merge(labels, gray, 2))) == 2
+
+
+def test_merge_by_colour_caps_the_final_cluster_count(regions):
+    image, truth = regions
+    labels = segment(image, "sgscn", seed=0, min_labels=4, merge_colours=2, **FAST)
+    assert len(np.unique(labels)) == 2
+    # the merge only joins whole clusters: each true region still lies in one final cluster
+    assert all(len(np.unique(labels[truth == t])) == 1 for t in range(4))
+
+
 def test_paper_preset_and_method():
     p = resolve_params("sgscn", "paper")
     assert (p.channels, p.conv_layers, p.w_ce, p.w_ss, p.learning_rate) == (100, 2, 1.0, 5.0, 0.1)
     assert (p.max_iterations, p.min_labels, p.train_pixels, p.consistency) == (50, 3, 0, True)
     assert p.consistency_weighting == "clusters"
-    assert METHOD.id == "sgscn" and set(METHOD.presets) == {"interactive", "paper"}
+    assert METHOD.id == "sgscn" and set(METHOD.presets) == {"interactive", "lesion", "paper"}
+    lesion = resolve_params("sgscn", "lesion")
+    assert (lesion.merge_colours, lesion.border_components) == (2, True)
 
 
 def test_ph2_lesion_beats_a_coin(data_dir):

@@ -31,6 +31,7 @@ from ..params import param
 from ..postprocess import PostprocessParams
 from .feature_clustering import (
     _cluster_means,
+    _colour_merge,
     _features,
     _merge_small_regions,
     _superpixel_majority,
@@ -103,17 +104,25 @@ class SGSCNParams(PostprocessParams):
     min_region: float = param(0.0, low=0.0, high=0.1, step=0.0005, live=False, advanced=True,
                               help="Final map: connected regions smaller than this fraction of the image are "
                                    "merged into the nearest larger region (0 = off)")
+    merge_colours: int = param(0, low=0, high=20, step=1, live=False, label="merge by colour to",
+                               help="Final map: merge the clusters with the closest mean colour (Ward, CIE Lab) "
+                                    "until at most this many remain (0 = off); joins the look-alike areas the "
+                                    "consistency loss splits apart (e.g. skin around a lesion)")
 
 
 PRESETS = {
     "interactive": {},
+    # One object on a background (dermoscopy lesions; the best-overlap protocol): the final map is merged
+    # down to two clusters by colour and border regions (vignetting) get their own label. PH2 development
+    # split: DSC 0.801 against 0.759 for the default (docs/methods/sgscn.md).
+    "lesion": {"merge_colours": 2, "border_components": True},
     # The paper / reference code for dermoscopy: 100 filters, three 3x3 layers, CE weight 1, spatial weight 5,
     # consistency on, SGD lr 0.1, at most 50 iterations or 3 clusters, full image, RGB, no refinement.
     "paper": {"w_ce": 1.0, "w_ss": 5.0, "w_cc": 1.0, "consistency_weighting": "clusters", "cross_entropy": True,
               "sparse_spatial": True, "consistency": True, "learning_rate": 0.1, "max_clusters": 100,
               "min_labels": 3, "max_iterations": 50, "channels": 100, "conv_layers": 2, "scale": 1.0,
               "train_pixels": 0, "label_resolution": "full", "colour_space": "rgb", "merge_to_min": False,
-              "merge_cost": 0.0, "refine_superpixels": 0, "min_region": 0.0},
+              "merge_cost": 0.0, "refine_superpixels": 0, "min_region": 0.0, "merge_colours": 0},
 }
 
 
@@ -187,6 +196,8 @@ class SGSCNModel:
         labels = labels.cpu().numpy()
         if p.refine_superpixels > 0:
             labels = _superpixel_majority(labels, image, p.refine_superpixels, p.compactness)
+        if p.merge_colours > 0:
+            labels = _colour_merge(labels, image, p.merge_colours)
         if p.min_region > 0:
             labels = _merge_small_regions(labels, max(1, round(p.min_region * labels.size)))
         return labels
