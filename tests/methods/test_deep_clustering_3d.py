@@ -162,3 +162,71 @@ def test_stable_ids_follow_the_previous_frame_and_keep_zero():
     previous = np.array([0, 5, 5, 2, 2, 0])
     assert dc.stable_ids(raw, previous)[raw].tolist() == [0, 5, 5, 2, 2, 1]
     assert dc.stable_ids(raw, None)[raw].tolist() == [0, 1, 1, 2, 2, 3]
+
+
+def two_halves(shape=(9, 12, 12), edge=4, seed=0):
+    """A ``(Z, Y, X, 1)`` volume whose intensity steps from 0.2 to 0.8 at ``x = edge`` (noise 0.02), with an
+    object mask that leaves out a slab at one end of z."""
+    image = np.where(np.arange(shape[2]) < edge, 0.2, 0.8) + np.random.default_rng(seed).normal(0, 0.02, shape)
+    mask = np.ones(shape, bool)
+    mask[-2:] = False
+    return image.astype(np.float32)[..., None], mask
+
+
+def test_refined_projection_labels_the_object_and_follows_the_intensity_edge():
+    image, mask = two_halves()
+    axes = dc.block_grid(mask.shape, 3)
+    # block labels with the boundary one block off the edge at x = 4: blocks 0, 1 (x < 6) are cluster 1
+    grid = np.where(np.arange(len(axes[2])) < 2, 1, 2)[None, None, :].repeat(len(axes[0]), 0).repeat(len(axes[1]), 1)
+    grid = np.where(mask[np.ix_(*axes)], grid, 0)
+    blocks = dc.project_blocks(grid, mask, 3)
+    assert (blocks[..., 4:6][mask[..., 4:6]] == 1).all()  # the paper's projection: blocky
+    refined = dc.refine_labels(grid, image, mask, 3, iterations=3)
+    assert refined.shape == mask.shape
+    assert (refined[mask] > 0).all() and (refined[~mask] == 0).all()  # every object voxel, none outside
+    assert set(np.unique(refined[mask])) == {1, 2}
+    # the refinement moves the boundary onto the intensity edge, voxel by voxel
+    assert (refined[..., :4][mask[..., :4]] == 1).all() and (refined[..., 4:][mask[..., 4:]] == 2).all()
+
+
+@pytest.mark.parametrize("radius", [1, 2])
+def test_refinement_only_reaches_nearby_blocks(radius):
+    image, mask = two_halves((9, 12, 24), edge=4)
+    axes = dc.block_grid(mask.shape, 3)
+    # cluster 1 only in the first block column, although the dark half also covers x = 3; clusters 2 and
+    # 3 cover the bright rest; a voxel may only take a cluster found within `radius` block columns
+    ids = np.array([1, 2, 2, 2, 3, 3, 3, 3])
+    grid = np.broadcast_to(ids[None, None, :], [len(a) for a in axes]).copy()
+    refined = dc.refine_labels(grid, image, mask, 3, iterations=3, radius=radius)
+    assert (refined[..., :4][mask[..., :4]] == 1).all()  # the dark voxel of cluster 2's block moved
+    reach = 3 * (1 + radius)  # first x beyond cluster 1's reach; cluster 3 reaches down to x = 12 - 3 radius
+    assert not (refined[..., reach:][mask[..., reach:]] == 1).any()
+    assert not (refined[..., :12 - 3 * radius][mask[..., :12 - 3 * radius]] == 3).any()
+    unrefined = dc.refine_labels(grid, image, mask, 3, iterations=3, radius=0)  # own block only: no change
+    assert np.array_equal(unrefined, dc.project_blocks(grid, mask, 3))
+
+
+def test_both_projections_from_one_run():
+    image, truth = shells()
+    run = training(image, "deep-clustering-3d", threshold=0.3, max_fps=0, seed=0, **FAST)
+    refined = run.run().labels
+    blocks = run.trainer.final_labels("blocks")
+    for labels in (refined, blocks):
+        assert (labels[truth > 0] > 0).all() and (labels[truth == 0] == 0).all()
+    assert set(np.unique(blocks[truth > 0])) == set(np.unique(refined[truth > 0]))
+    assert np.array_equal(run.trainer.final_labels("refined"), refined)
+    assert resolve_params("deep-clustering-3d", "paper").projection == "blocks"
+
+
+def test_prepare_keeps_the_brightest_voxels_unclipped():
+    from napari_selfseg.imageprep import prepare_stack
+
+    image = np.random.default_rng(0).normal(0, 1, (12, 20, 20, 2)).astype(np.float32)
+    image[0, 0, :5, 0] = [8, 9, 10, 11, 12]  # a bright spot the percentile stretch would flatten to 1
+    params = resolve_params("deep-clustering-3d")
+    out = dc.prepare(image, params)
+    engine = prepare_stack(image)
+    assert out.shape == engine.shape and np.allclose(dc.clipped(out), engine, atol=1e-6)
+    assert (engine[0, 0, :5, 0] == 1).all()  # the engine flattens the spot
+    assert out.max() > 2 and len(np.unique(out[0, 0, :5, 0])) == 5  # here it keeps its contrast
+    assert dc.prepare(np.full((4, 5, 6), 7, np.uint8), params).max() <= 1  # uint8: divided, nothing clipped

@@ -17,6 +17,10 @@ backward pass, which trains the CNN with JULE's weighted triplet loss on the clu
 Phase 2: patches centred every ``stride`` voxels inside the object are embedded by the trained CNN and
 clustered by k-means into ``k`` clusters; each stride^3 block around a centre takes its patch's cluster.
 Every in-object voxel gets the cluster of the nearest labelled block, voxels outside the object get 0.
+That block map is the paper's (``projection="blocks"``); the default ``"refined"`` projection (our
+extension, :func:`refine_labels`) then lets each voxel take, among the clusters of the blocks within
+``refine_radius`` blocks, the one whose intensity model (a Gaussian of the channels, unclipped: see
+:func:`prepare`) fits it best.
 
 Live view: each period streams the sample clusters projected onto the volume (nearest sample) with the
 cluster count falling; phase 2 streams blocks as they are labelled (provisional centres fitted on the
@@ -39,7 +43,7 @@ from scipy import sparse
 from scipy.sparse.csgraph import connected_components
 
 from ..engine import Method, StopRules, TrainContext
-from ..imageprep import InputError
+from ..imageprep import InputError, prepare_stack
 from ..labelmaps import resize_labels
 from ..losses import prototype_cross_entropy, weighted_triplet
 from ..nn import PatchEncoder3d
@@ -58,11 +62,11 @@ class DeepClustering3DParams(PostprocessParams):
     stride: int = param(3, low=1, high=27, step=1, live=False, label="stride s",
                         help="Phase 2: a patch centre every s voxels; each s^3 block takes its patch's cluster "
                              "(s <= w; a smaller s gives a finer map and s^3 times more patches)")
-    n_patches: int = param(1000, low=50, high=50000, step=50, live=False, label="patches n_s",
+    n_patches: int = param(4000, low=50, high=50000, step=50, live=False, label="patches n_s",
                            help="Phase 1: random training patches centred inside the object (paper: 10,000)")
     clusters: int = param(12, low=2, high=100, step=1, label="clusters C",
                           help="Phase 1 merges clusters until C remain, then trains once more with them")
-    k: int = param(6, low=2, high=30, step=1, label="k-means K",
+    k: int = param(4, low=2, high=30, step=1, label="k-means K",
                    help="Phase 2: k-means clusters of the patch embeddings (acts until phase 2 ends)")
     eta: float = param(0.5, low=0.05, high=0.95, step=0.05, label="unfolding rate eta",
                        help="Each period merges ceil(eta x clusters) clusters: higher = fewer periods "
@@ -99,6 +103,16 @@ class DeepClustering3DParams(PostprocessParams):
     outside: str = param("mean", choices=("keep", "mean"), live=False, label="outside the object",
                          help="Voxels of a patch outside the object: kept, or set to the object's mean so that "
                               "patches at the object's edge are not clustered by how much background they hold")
+    projection: str = param("refined", choices=("blocks", "refined"), label="label projection",
+                            help="Phase 2's map: each s^3 block takes its patch's cluster (blocks, the paper), "
+                                 "or each voxel then takes the cluster of a nearby block whose intensity model "
+                                 "fits it best (refined, our extension)")
+    refine_radius: int = param(2, low=0, high=5, step=1, advanced=True, label="refinement reach",
+                               help="Refined projection: a voxel may take the cluster of a block up to this many "
+                                    "blocks from its own")
+    refine_iterations: int = param(3, low=1, high=10, step=1, advanced=True, label="refinement iterations",
+                                   help="Refined projection: rounds of fitting each cluster's intensity model (a "
+                                        "Gaussian of the channels) and reassigning the voxels")
     standardise: str = param("volume", choices=("volume", "patch"), live=False, advanced=True,
                              help="Standardise patches with the object's per-channel mean and spread (keeps "
                                   "absolute intensity, e.g. a bright lesion) or each patch on its own")
@@ -114,8 +128,39 @@ PRESETS = {
               "channels": 50, "kernel": 5, "hidden": 1350, "features": 160, "period_iterations": 2000,
               "final_iterations": 2000, "batch_size": 100, "learning_rate": 0.01, "neighbours": 20,
               "margin": 0.2, "gamma": 1.0, "loss": "triplet", "standardise": "volume", "outside": "keep",
-              "threshold": 0.05},
+              "threshold": 0.05, "projection": "blocks"},
 }
+
+
+def prepare(image: np.ndarray, params: DeepClustering3DParams, rgb: bool | None = None) -> np.ndarray:
+    """The engine's normalisation (:func:`~napari_selfseg.imageprep.prepare_stack`: each channel stretched
+    between its 0.5th and 99.5th percentiles) without its clipping to [0, 1], so that the refined
+    projection's intensity models see the brightest voxels as they are (on BRATS the clipping flattens a
+    large part of a tumour's FLAIR, 39 % on pat0005). Everything else in the method (the object threshold,
+    the CNN's patches) uses the clipped values, :func:`clipped`, exactly as with the engine's
+    normalisation. uint8 and bool input is only divided (nothing is clipped)."""
+    stack = prepare_stack(image, rgb)  # validation, and the clipped stretch
+    raw = np.asarray(image)
+    if raw.dtype == np.uint8 or raw.dtype == bool:
+        return stack
+    raw = raw[..., None] if raw.ndim == 3 else raw
+    if raw.shape[:-1] != stack.shape[:-1] or raw.shape[-1] < stack.shape[-1]:
+        return stack
+    out = np.empty(stack.shape, np.float32)
+    for c in range(stack.shape[-1]):  # the same stretch as imageprep.normalise, unclipped
+        data = raw[..., c].astype(np.float32)
+        lo, hi = np.percentile(data, (0.5, 99.5))
+        if hi <= lo:
+            lo, hi = float(data.min()), float(data.max())
+        out[..., c] = (data - lo) / ((hi - lo) or 1.0)
+    if not np.allclose(np.clip(out, 0, 1), stack, atol=1e-4):  # any other input path: the engine's
+        return stack
+    return out
+
+
+def clipped(image: np.ndarray) -> np.ndarray:
+    """The prepared volume as the engine's normalisation gives it, in [0, 1]."""
+    return np.clip(image, 0.0, 1.0)
 
 
 def _stop_rules(params: DeepClustering3DParams) -> StopRules:
@@ -325,6 +370,50 @@ def project_blocks(grid: np.ndarray, mask: np.ndarray, stride: int) -> np.ndarra
     return np.where(mask, full, 0)
 
 
+def refine_labels(grid: np.ndarray, image: np.ndarray, mask: np.ndarray, stride: int,
+                  iterations: int = 3, radius: int = 2) -> np.ndarray:
+    """Voxel-resolution ``(Z, Y, X)`` labels from block labels ``grid`` (ids > 0, 0 = none) of a
+    ``(Z, Y, X, C)`` image (our extension of the paper's block projection).
+
+    Starts from :func:`project_blocks`; then, ``iterations`` times, fits each cluster a Gaussian (full
+    covariance) of the channel intensities of its voxels, weighted by its share of the object, and gives
+    every voxel inside ``mask`` the most probable cluster among those of the blocks within ``radius``
+    blocks of its own (a (2 radius + 1)^3 cube of blocks). The clusters stay the deep clusters: a voxel
+    can only take a cluster found near it, so only where their boundaries fall within that band is
+    decided voxel by voxel. Outside ``mask`` 0."""
+    labels = project_blocks(grid, mask, stride)
+    filled = fill_nearest(grid)
+    ids = np.unique(filled[filled > 0])
+    if len(ids) < 2 or not mask.any():
+        return labels
+    coords = np.nonzero(mask)
+    blocks = tuple(c // stride for c in coords)
+    struct = np.ones((3, 3, 3), bool)
+    allowed = np.stack([(ndi.binary_dilation(filled == i, struct, radius) if radius > 0 else filled == i)[blocks]
+                        for i in ids], 1)  # (N, K): the clusters each voxel may take
+    x = np.stack([image[..., c][coords] for c in range(image.shape[-1])], 1).astype(np.float64)
+    current = np.searchsorted(ids, labels[coords])
+    for _ in range(iterations):
+        score = np.full(allowed.shape, -np.inf, np.float32)
+        for j in range(len(ids)):
+            members = x[current == j]
+            if len(members) < 2:
+                continue
+            mean = members.mean(0)
+            cov = np.atleast_2d(np.cov(members.T)) + 1e-6 * np.eye(x.shape[1])
+            d = x - mean
+            log_p = (-0.5 * np.einsum("ij,jk,ik->i", d, np.linalg.inv(cov), d)
+                     - 0.5 * np.linalg.slogdet(cov)[1] + np.log(len(members) / len(x)))
+            score[:, j] = np.where(allowed[:, j], log_p, -np.inf)
+        # a voxel whose nearby clusters all have too few voxels for a model keeps its cluster
+        update = np.where(np.isfinite(score.max(1)), score.argmax(1), current)
+        if np.array_equal(update, current):
+            break
+        current = update
+    labels[coords] = ids[current]
+    return labels
+
+
 def project_samples(centres: np.ndarray, labels: np.ndarray, mask: np.ndarray, stride: int) -> np.ndarray:
     """Block-resolution labels ``(ceil(Z / s), ...)`` of sample ``labels`` (ids >= 0) at ``centres``
     ``(N, 3)``: every block whose centre is in ``mask`` takes the label + 1 of the nearest sample's block,
@@ -401,6 +490,8 @@ class PatchClusterModel:
     def predict(self, image: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
         """``(Z, Y, X)`` cluster ids (1..K, 0 outside the object) of a prepared ``(Z, Y, X, C)`` volume."""
         p = self.params
+        intensity = image  # unclipped (see prepare): the refined projection's intensities
+        image = clipped(image)
         mask = object_mask(image, p.threshold) if mask is None else mask
         zoom = isotropic_zoom(self.spacing)
         work, work_mask = _resample(image, mask, zoom)
@@ -411,8 +502,15 @@ class PatchClusterModel:
             grid[tuple(inside[start:start + 512].T)] = self.assign(emb) + 1
         if self.ids is not None and len(self.ids) > grid.max():
             grid = self.ids[grid]
-        labels = project_blocks(grid, work_mask, p.stride)
-        return restore(labels, mask)
+        return restore(self.project(grid, _resample(intensity, mask, zoom)[0], work_mask), mask)
+
+    def project(self, grid: np.ndarray, image: np.ndarray, mask: np.ndarray, projection: str | None = None):
+        """Full-resolution labels of the working grid from block labels ``grid``: the paper's block
+        projection, or the refined one (``projection``, by default the parameter's)."""
+        p = self.params
+        if (projection or p.projection) == "refined":
+            return refine_labels(grid, image, mask, p.stride, p.refine_iterations, p.refine_radius)
+        return project_blocks(grid, mask, p.stride)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         state = {f"net.{k}": v for k, v in self.net.state_dict().items()}
@@ -468,9 +566,11 @@ class DeepClustering3DTrainer:
         if p.stride > p.patch_size:
             raise InputError(f"the stride s={p.stride} must not exceed the patch size w={p.patch_size}")
         self.rng = np.random.default_rng(ctx.seed)
-        self.mask = object_mask(ctx.image, p.threshold, ctx.labels)
+        image = clipped(ctx.image)  # the engine's [0, 1] values; ctx.image is unclipped (see prepare)
+        self.mask = object_mask(image, p.threshold, ctx.labels)
         self.zoom = isotropic_zoom(ctx.spacing)
-        self.work, self.work_mask = _resample(ctx.image, self.mask, self.zoom)
+        self.work, self.work_mask = _resample(image, self.mask, self.zoom)
+        self.intensity = _resample(ctx.image, self.mask, self.zoom)[0]  # unclipped, for the refinement
         blocks_inside(self.work_mask, p.stride)  # fail now, not after phase 1
         self.model = PatchClusterModel(p, ctx.image.shape[-1], ctx.device)
         self.model.spacing = ctx.spacing
@@ -640,6 +740,11 @@ class DeepClustering3DTrainer:
 
     def finish(self) -> np.ndarray:
         """``(Z, Y, X)`` labels: 1..K inside the object, 0 outside; the phase-1 clusters when stopped early."""
+        return self.final_labels()
+
+    def final_labels(self, projection: str | None = None) -> np.ndarray:
+        """:meth:`finish`'s labels with the given projection (``"blocks"``, ``"refined"``; default the
+        parameter's), so both can be compared on one run."""
         stride = self.ctx.params.stride
         if self.grid is not None and self.grid.any():
             grid = self.grid
@@ -650,7 +755,8 @@ class DeepClustering3DTrainer:
         ids = stable_ids(grid, self._previous())
         if self.grid is not None:
             self.model.ids = ids  # predict() gives a cluster the id it has here
-        return restore(project_blocks(ids[grid], self.work_mask, stride), self.mask)
+        self.model.params = self.ctx.params  # the live values (projection, refinement iterations)
+        return restore(self.model.project(ids[grid], self.intensity, self.work_mask, projection), self.mask)
 
     def predict(self, image: np.ndarray) -> np.ndarray:
         """Label another prepared ``(Z, Y, X, C)`` volume with the trained encoder and final centres."""
@@ -678,6 +784,7 @@ METHOD = Method(
     # would renumber 0 as the largest cluster and colour the whole outside of the object
     semantic=True,
     load=load,
+    prepare=prepare,
 )
 
 METHODS = [METHOD]
