@@ -191,8 +191,12 @@ def main(argv=None) -> int:
                   f"{p.iterations} steps of {p.batch_size} slices, {args.threads} threads, {args.device}): "
                   f"{info['mode1_seconds']:.0f} s from the raw stack to the final mode-1 segmentation of all "
                   f"slices at full resolution; first frame {info['first_frame']:.2f} s.")
+        labelled = (f"Labelled modes: label loss on the output upsampled to {p.label_size} px ({p.label_heaviside} "
+                    f"Heaviside, eps {p.label_epsilon}), modes 2-3 {p.finetune_iterations} fine-tuning steps, mode 4 "
+                    f"{p.iterations + p.finetune_iterations} joint steps with alpha {p.alpha}, Adam at "
+                    f"{p.finetune_learning_rate}" + (" decaying linearly to 0." if p.decay else "."))
         settings = ", ".join(f"{k}={v}" for k, v in {**LUNG, **params}.items())
-        lines += [*lung_lines, timing, "", f"Lung settings: {settings}.", ""]
+        lines += [*lung_lines, timing, "", labelled, "", f"Lung settings: {settings}.", ""]
     for name in args.sets:
         if name != "lung_ct_2d" and datasets.available(name):
             settings = {**OTHER[name], **params}

@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -170,3 +172,45 @@ def test_trainer_on_a_context_built_by_hand():
     assert torch.isfinite(losses["acwe"])
     assert trainer.current().shape == (32, 32)
     assert trainer.finish().shape == (3, 32, 32)
+
+
+def test_label_loss_runs_on_the_upsampled_output_with_its_own_heaviside():
+    image, masks = disc_stack(3, size=64)
+    labels = np.full(masks.shape, -1, np.int64)
+    labels[0] = masks[0]
+    params = make_params(ACWEParams, {**{k: v for k, v in FAST.items() if k != "threads"}, "mode": 2,
+                                      "label_size": 64, "label_heaviside": "sigmoid", "label_epsilon": 0.3})
+    trainer = ACWETrainer(TrainContext(image[..., None], params, torch.device("cpu"), 0, labels=labels))
+    assert trainer.x.shape[-2:] == (32, 32) and trainer.target.shape[-2:] == (64, 64)  # labels at 64 px
+    assert set(torch.unique(trainer.target).tolist()) <= {0.0, 1.0}  # full resolution: no fractional pixels
+    phi = torch.randn(1, 1, 32, 32)
+    up = torch.nn.functional.interpolate(phi, size=(64, 64), mode="bilinear", align_corners=False)
+    assert torch.allclose(trainer._label_u(phi), torch.sigmoid(up / 0.3))
+    # label_size 0 (or below the training grid): the labels are area-averaged to the training grid
+    coarse = ACWETrainer(TrainContext(image[..., None], dataclasses.replace(params, label_size=0),
+                                      torch.device("cpu"), 0, labels=labels))
+    assert coarse.target.shape[-2:] == (32, 32)
+    assert torch.allclose(coarse._label_u(phi), torch.sigmoid(phi / 0.3))
+
+
+@pytest.mark.parametrize("mode", [2, 4])
+def test_labelled_phase_learning_rate_and_its_decay(mode):
+    image, masks = disc_stack(3)
+    labels = np.full(masks.shape, -1, np.int64)
+    labels[0] = masks[0]
+    settings = {**{k: v for k, v in FAST.items() if k != "threads"}, "mode": mode, "iterations": 4,
+                "finetune_iterations": 4, "learning_rate": 0.002, "finetune_learning_rate": 0.02}
+    for decay in (True, False):
+        params = make_params(ACWEParams, {**settings, "decay": decay})
+        trainer = ACWETrainer(TrainContext(image[..., None], params, torch.device("cpu"), 0, labels=labels))
+        rates = []
+        for _ in range(8):
+            trainer.step()
+            rates.append(trainer.optimiser.param_groups[0]["lr"])
+        if mode == 2:  # 4 unsupervised steps at learning_rate, then 4 fine-tuning steps at finetune_learning_rate
+            assert rates[:4] == [0.002] * 4
+            expected = [0.02, 0.015, 0.01, 0.005] if decay else [0.02] * 4
+            assert rates[4:] == pytest.approx(expected)
+        else:  # mode 4: all 8 joint steps have labels
+            expected = [0.02 * (1 - i / 8) for i in range(8)] if decay else [0.02] * 8
+            assert rates == pytest.approx(expected)

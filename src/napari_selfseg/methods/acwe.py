@@ -9,7 +9,8 @@ labels); 4 joint ACWE + alpha x label loss from the start.
 
 Speed: the network trains on the stack resized to ``train_size`` pixels on its longer side; the final
 map of every slice is the network's output at that scale, upsampled (bilinear) to full resolution and
-thresholded at 0, so boundaries are smooth at any size.
+thresholded at 0, so boundaries are smooth at any size. The label loss (modes 2-4) compares that same
+upsampled output, at ``label_size`` pixels, with the labels, so the contour is placed below a training pixel.
 """
 from __future__ import annotations
 
@@ -49,23 +50,39 @@ class ACWEParams(PostprocessParams):
                            help="Weight of the intensity spread inside the contour")
     lambda2: float = param(1.0, low=0.0, high=10.0, step=0.1, label="lambda 2",
                            help="Weight of the intensity spread outside the contour")
-    alpha: float = param(0.4, low=0.0, high=10.0, step=0.05,
-                         help="Weight of the label loss on the labelled slices (mode 4; modes 2-3 fine-tune on it)")
+    alpha: float = param(5.0, low=0.0, high=20.0, step=0.05,
+                         help="Weight of the label loss on the labelled slices (mode 4; modes 2-3 fine-tune on it). "
+                              "Paper 0.4 with its label loss; 5 chosen on the lung slices for this one")
     label_length: float = param(0.1, low=0.0, high=10.0, step=0.05, advanced=True, label="label length weight",
                                 help="Weight of the contour length inside the label loss (Chen et al. 2019)")
     iterations: int = param(200, low=1, high=20000, step=10, live=False,
                             help="Optimisation steps of the unsupervised training (modes 1-3)")
-    finetune_iterations: int = param(200, low=0, high=20000, step=10, live=False,
+    finetune_iterations: int = param(400, low=0, high=20000, step=10, live=False,
                                      help="Modes 2-3: further steps on the labelled slices after the unsupervised "
                                           "ones; mode 4 trains jointly for iterations + this many steps")
     learning_rate: float = param(0.003, low=1e-5, high=0.1, log=True,
-                                 help="Adam learning rate (unsupervised and joint training)")
-    finetune_learning_rate: float = param(0.01, low=1e-5, high=0.1, log=True,
-                                          help="Adam learning rate of the fine-tuning steps (modes 2-3)")
+                                 help="Adam learning rate of the unsupervised steps (mode 1, and modes 2-3 before "
+                                      "fine-tuning)")
+    finetune_learning_rate: float = param(0.01, low=1e-5, high=0.1, log=True, label="labelled learning rate",
+                                          help="Adam learning rate of the steps with labels: the fine-tuning of "
+                                               "modes 2-3 and the joint training of mode 4")
+    decay: bool = param(True, live=False, advanced=True, label="decay the learning rate",
+                        help="Modes 2-4: the learning rate of the labelled phase (fine-tuning, or the joint "
+                             "training) falls linearly to 0 over its steps, so training ends at a settled network "
+                             "rather than at one noisy minibatch step")
     batch_size: int = param(4, low=1, high=64, step=1, help="Slices per optimisation step")
     train_size: int = param(64, low=16, high=2048, step=16, live=False,
                             help="Train on the slices resized to this many pixels on their longer side (the final "
                                  "map is upsampled to full resolution)")
+    label_size: int = param(256, low=0, high=2048, step=16, live=False, advanced=True,
+                            help="Modes 2-4: the label loss compares the output upsampled (bilinear, as in the final "
+                                 "map) to this many pixels on the longer side with the labels at that size, so the "
+                                 "contour is placed to sub-pixel accuracy of the training grid (0 = the training grid)")
+    label_heaviside: str = param("sigmoid", choices=("atan", "sigmoid"), advanced=True,
+                                 help="Modes 2-4: the relaxed inside u of the label loss (Chen et al. 2019: a "
+                                      "sigmoid)")
+    label_epsilon: float = param(0.3, low=0.01, high=10.0, step=0.01, advanced=True,
+                                 help="Width eps of the label loss's relaxed Heaviside (output units)")
     channels: int = param(16, low=4, high=128, step=4, live=False, advanced=True,
                           help="Filters per convolution (paper 16)")
     recurrent_layers: int = param(3, low=0, high=6, step=1, live=False, advanced=True,
@@ -131,12 +148,16 @@ def _build_net(in_channels: int, p: ACWEParams) -> ActiveContourNet:
     return ActiveContourNet(in_channels, p.channels, p.recurrent_layers, p.time_steps)
 
 
+def _grid_size(shape: tuple[int, ...], scale: float) -> list[int]:
+    """The ``(y, x)`` size of a plane of ``shape`` resized by ``scale`` (<= 1)."""
+    return [max(8, round(s * scale)) for s in shape] if scale < 1.0 else list(shape)
+
+
 def _to_grid(image: np.ndarray, scale: float, device: torch.device) -> torch.Tensor:
     """``(N, Y, X, C)`` float -> ``(N, C, y, x)`` tensor, area-downsampled by ``scale`` (<= 1)."""
     x = torch.from_numpy(np.ascontiguousarray(image.transpose(0, 3, 1, 2))).to(device)
     if scale < 1.0:
-        size = [max(8, round(s * scale)) for s in image.shape[1:3]]
-        x = F.interpolate(x, size=size, mode="area")
+        x = F.interpolate(x, size=_grid_size(image.shape[1:3], scale), mode="area")
     return x
 
 
@@ -199,6 +220,7 @@ class ACWETrainer:
         image = ctx.image if ctx.image.ndim == 4 else ctx.image[None]  # a plane is a stack of one
         self.image = image
         self.scale = min(1.0, p.train_size / max(image.shape[1:3]))
+        self.label_scale = max(self.scale, min(1.0, p.label_size / max(image.shape[1:3])))
         self.x = _to_grid(image, self.scale, ctx.device)  # (N, C, y, x), all slices at the training scale
         self.labelled = labelled_slices(ctx.labels if ctx.labels is None or ctx.labels.ndim == 3
                                         else ctx.labels[None])
@@ -218,7 +240,7 @@ class ACWETrainer:
         training scale (area averages, so a boundary pixel gets a fractional target)."""
         labels = self.ctx.labels if self.ctx.labels.ndim == 3 else self.ctx.labels[None]
         lab = torch.from_numpy(labels[self.labelled])[:, None]
-        size = self.x.shape[-2:]
+        size = _grid_size(labels.shape[1:3], self.label_scale)
         fg = F.interpolate((lab > 0).float(), size=size, mode="area")
         annotated = F.interpolate((lab >= 0).float(), size=size, mode="area")
         target = fg / annotated.clamp(min=1e-6)
@@ -239,8 +261,13 @@ class ACWETrainer:
     def step(self) -> dict[str, torch.Tensor]:
         p = self.ctx.params
         phase = self._phase()
+        lr = p.learning_rate if phase == "acwe" else p.finetune_learning_rate
+        if p.decay and phase != "acwe":
+            first, steps = (p.iterations, p.finetune_iterations) if phase == "finetune" else \
+                (0, p.iterations + p.finetune_iterations)
+            lr *= max(0.0, 1.0 - (self.iteration - first) / max(1, steps))
         for group in self.optimiser.param_groups:
-            group["lr"] = p.finetune_learning_rate if phase == "finetune" else p.learning_rate
+            group["lr"] = lr
         if phase == "finetune" and self.iteration == p.iterations:
             self.start_finetuning()
         self.iteration += 1
@@ -266,13 +293,23 @@ class ACWETrainer:
             losses = {"acwe": loss.detach(), **losses}
         if lab_rows is not None:
             rows = lab_rows.to(self.x.device)
-            label = active_contour_label_loss(u[:len(rows)], self.target[rows], self.valid[rows], p.label_length)
+            label = active_contour_label_loss(self._label_u(phi[:len(rows)]), self.target[rows], self.valid[rows],
+                                              p.label_length)
             loss = loss + (p.alpha if phase == "joint" else 1.0) * label
             losses["label"] = label.detach()
         self.optimiser.zero_grad(set_to_none=True)
         loss.backward()
         self.optimiser.step()
         return losses
+
+    def _label_u(self, phi: torch.Tensor) -> torch.Tensor:
+        """The relaxed inside ``H(phi)`` on the label grid: ``phi`` upsampled bilinearly (as the final map
+        is) when the label grid is finer than the training grid."""
+        p = self.ctx.params
+        phi = phi.float()
+        if phi.shape[-2:] != self.target.shape[-2:]:
+            phi = F.interpolate(phi, size=self.target.shape[-2:], mode="bilinear", align_corners=False)
+        return heaviside(phi, p.label_epsilon, p.label_heaviside)
 
     def start_finetuning(self) -> None:
         """Modes 2-3, after the unsupervised steps: align the polarity and restart Adam (a new loss: the
@@ -288,7 +325,7 @@ class ACWETrainer:
         sign, so the label loss refines the contour instead of first inverting it."""
         self.net.eval()
         phi = self.net(self.x[torch.as_tensor(self.labelled).to(self.x.device)]).float()
-        inside = (phi > 0).float()
+        inside = (self._label_u(phi) > 0.5).float()
         valid = self.valid.float()
         fg = (self.target * valid).sum()
         bg = ((1 - self.target) * valid).sum()
