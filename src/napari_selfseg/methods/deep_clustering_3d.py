@@ -148,11 +148,12 @@ def prepare(image: np.ndarray, params: DeepClustering3DParams, rgb: bool | None 
         return stack
     out = np.empty(stack.shape, np.float32)
     for c in range(stack.shape[-1]):  # the same stretch as imageprep.normalise, unclipped
-        data = raw[..., c].astype(np.float32)
+        data = raw[..., c].astype(np.float64)  # float64 input may exceed float32's range
         lo, hi = np.percentile(data, (0.5, 99.5))
         if hi <= lo:
             lo, hi = float(data.min()), float(data.max())
-        out[..., c] = (data - lo) / ((hi - lo) or 1.0)
+        # bounded at 100x the stretch: keeps a bright tail's contrast, and float32 cannot overflow
+        out[..., c] = np.clip((data - lo) / ((hi - lo) or 1.0), -100.0, 100.0)
     if not np.allclose(np.clip(out, 0, 1), stack, atol=1e-4):  # any other input path: the engine's
         return stack
     return out
