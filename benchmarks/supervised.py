@@ -45,6 +45,8 @@ def _args(argv):
     ap.add_argument("--max-folds", type=int, default=None, help="run only the first N of the k folds")
     ap.add_argument("--max-side", type=int, default=None, help="override the training size of every run")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a parameter of every run (e.g. dice_classes=all)")
     return ap.parse_args(argv)
 
 
@@ -101,7 +103,9 @@ def _fmt(values) -> str:
 
 
 def _params(args, base: dict) -> dict:
-    params = dict(base)
+    from napari_selfseg.params import parse_assignments
+
+    params = {**base, **parse_assignments(args.assignments)}
     if args.max_side is not None:
         params["max_side"] = args.max_side
     if args.iterations is not None:
@@ -158,7 +162,8 @@ def _size(params: dict, args, shape) -> str:
 
 # Defaults sized for the GPU run (full resolution, ~15 ms a step); on a CPU pass --iterations and --max-folds.
 LUNG = {"intensity": "hounsfield", "max_iterations": 1000}
-EM = {"max_side": 0, "patch": 128, "max_iterations": 3000}
+# EM membranes are class 0 of the data set: the Dice term averages over both classes so that it scores them
+EM = {"max_side": 0, "patch": 128, "max_iterations": 3000, "dice_classes": "all"}
 
 
 def lung_rows(args) -> list[str]:

@@ -25,11 +25,13 @@ def self_label_cross_entropy(response: torch.Tensor, target: torch.Tensor, mask:
 
 # -- supervised and adversarial segmentation (U-Net, LGAN, cycle GAN) -----------------------------------
 def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None,
-                   eps: float = 1.0) -> torch.Tensor:
-    """1 - mean soft Dice over the foreground classes (1..K-1; class 0 too when K = 1) of ``(N, K, H, W)``
-    logits against class ids ``target`` ``(N, H, W)``; pixels outside ``mask`` ``(N, H, W)`` bool are ignored.
+                   eps: float = 1.0, background: bool = False) -> torch.Tensor:
+    """1 - mean soft Dice over the foreground classes (1..K-1; class 0 too when K = 1, or with
+    ``background``) of ``(N, K, H, W)`` logits against class ids ``target`` ``(N, H, W)``; pixels outside
+    ``mask`` ``(N, H, W)`` bool are ignored.
 
-    Why besides cross-entropy: it weighs a small structure (thin EM membranes) as much as a large one.
+    Why besides cross-entropy: it weighs a small structure (thin EM membranes) as much as a large one;
+    ``background`` counts class 0 as well, for a thin structure stored as 0 (EM membranes in ISBI 2012).
     """
     k = logits.shape[1]
     prob = logits.float().softmax(1)
@@ -40,7 +42,7 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tenso
     inter = (prob * onehot).sum(dim=(0, 2, 3))
     total = prob.sum(dim=(0, 2, 3)) + onehot.sum(dim=(0, 2, 3))
     dice = (2 * inter + eps) / (total + eps)
-    return 1 - (dice[1:] if k > 1 else dice).mean()
+    return 1 - (dice[1:] if k > 1 and not background else dice).mean()
 
 
 def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,7 @@ from torch import nn
 
 from napari_selfseg import metrics
 from napari_selfseg.engine import Training, TrainContext
-from napari_selfseg.losses import cycle_consistency, gradient_penalty
+from napari_selfseg.losses import cycle_consistency, gradient_penalty, soft_dice_loss
 from napari_selfseg.methods import get_method
 from napari_selfseg.methods.supervised import data, load
 from napari_selfseg.methods.supervised.trainers import LGANTrainer, cycle_pass
@@ -76,6 +76,17 @@ def test_cycle_loss_is_zero_for_identity_generators_only():
     assert cycle_consistency(x, trips["image_back"], y, trips["mask_back"]).item() == 0.0
     trips = cycle_pass(lambda a: a * 0.5, nn.Identity(), x, y)
     assert cycle_consistency(x, trips["image_back"], y, trips["mask_back"]).item() > 0.1
+
+
+def test_dice_over_all_classes_also_scores_a_thin_background_class():
+    target = torch.ones((1, 16, 16), dtype=torch.long)
+    target[:, 8] = 0  # a one-pixel line of class 0 (an EM membrane) in a sea of class 1
+    missed = torch.zeros((1, 2, 16, 16))
+    missed[:, 1] = 10.0  # predicts class 1 everywhere: the line is lost
+    perfect = torch.nn.functional.one_hot(target, 2).permute(0, 3, 1, 2).float() * 10
+    assert soft_dice_loss(missed, target) < 0.05  # foreground Dice barely notices the lost line
+    assert soft_dice_loss(missed, target, background=True) > 0.45  # averaged with class 0's Dice of ~0
+    assert soft_dice_loss(perfect, target, background=True) < 0.01
 
 
 def test_gradient_penalty_is_zero_for_a_unit_slope_critic():

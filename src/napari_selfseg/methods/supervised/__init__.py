@@ -31,6 +31,9 @@ class UNetParams(PostprocessParams):
     batch_size: int = param(4, low=1, high=64, step=1, help="Slices (or patches) per minibatch")
     dice_weight: float = param(1.0, low=0.0, high=10.0, step=0.1,
                                help="Weight of the soft Dice loss added to the cross-entropy (0 = cross-entropy only)")
+    dice_classes: str = param("foreground", choices=("foreground", "all"), advanced=True,
+                              help="Classes the soft Dice averages over: the foreground ones (1 and up), or all, "
+                                   "background 0 included (for a thin structure stored as 0, e.g. EM membranes)")
     augment: bool = param(True, help="Random flips, 90-degree rotations and intensity jitter of each minibatch")
     intensity_jitter: float = param(0.1, low=0.0, high=0.5, step=0.01,
                                     help="Augmentation: random gain 1 +- this and offset +- this on [0, 1] images")

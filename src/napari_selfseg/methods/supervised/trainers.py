@@ -117,7 +117,7 @@ class UNetTrainer:
 
     def segmentation_loss(self, logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict]:
         ce = masked_cross_entropy(logits, y)
-        dice = soft_dice_loss(logits, y, y >= 0)
+        dice = soft_dice_loss(logits, y, y >= 0, background=self.ctx.params.dice_classes == "all")
         return ce + self.ctx.params.dice_weight * dice, {"cross_entropy": ce.detach(), "dice_loss": dice.detach()}
 
     def step(self) -> dict[str, Any]:
