@@ -150,6 +150,15 @@ def test_saved_weights_reload_to_the_same_predictions():
     assert np.array_equal(model.predict(plane), run.trainer.predict(plane))
 
 
+@pytest.mark.parametrize("method", ["unet", "lgan"])
+def test_tiny_patches_grow_to_the_smallest_grid_the_networks_take(method):
+    # a 1-pixel crop would reach the critic's strided 4x4 convolutions (and the U-Net's bottom) as 1x1
+    image, truth = disc_stack(3)
+    run = Training(get_method(method), image, {**TINY, "patch": 1, "max_iterations": 3, "batch_norm": False},
+                   labels=truth, device="cpu", threads=1, max_fps=0)
+    assert run.run().labels.shape == truth.shape
+
+
 def test_a_model_keeps_its_training_resolution(tmp_path):
     from napari_selfseg import api
 

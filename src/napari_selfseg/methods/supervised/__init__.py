@@ -50,8 +50,8 @@ class UNetParams(PostprocessParams):
     full_resolution_on_gpu: bool = param(True, live=False, advanced=True,
                                          help="On a CUDA GPU ignore the training size and train at full resolution")
     patch: int = param(0, low=0, high=2048, step=16, live=False,
-                       help="Train on random square crops of this size (pixels at the training size; 0 = whole "
-                            "slices); predictions are always whole slices")
+                       help="Train on random square crops of this size (pixels at the training size, at least the "
+                            "smallest grid the networks take; 0 = whole slices); predictions are always whole slices")
     val_fraction: float = param(0.2, low=0.0, high=0.9, step=0.05, live=False, label="validation fraction",
                                 help="Fraction of the labelled slices held out to validate after each epoch "
                                      "(at least one; 0 = validate on the training slices)")

@@ -110,7 +110,10 @@ class UNetTrainer:
         idx, epoch_end = data.batch_indices(pool, p.batch_size, self.generator, state, repeats)
         x = self.data.images[idx]
         y = self.data.labels[idx] if with_labels else None
-        x, y = data.random_crop(x, y, p.patch, self.generator)
+        # no crop smaller than the grid the networks take (the critic's strided 4x4 convolutions, the
+        # U-Net's bottom batch norm)
+        patch = max(p.patch, data.min_grid_side(p.depth)) if p.patch > 0 else 0
+        x, y = data.random_crop(x, y, patch, self.generator)
         if p.augment:
             x, y = data.augment(x, y, p.intensity_jitter, self.generator)
         return x, y, epoch_end
