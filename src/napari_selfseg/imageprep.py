@@ -70,12 +70,16 @@ def as_channels_last(image: np.ndarray, rgb: bool | None = None) -> np.ndarray:
     )
 
 
-def normalise(image: np.ndarray) -> np.ndarray:
+UNCLIPPED_BOUND = 100.0  # |value| cap of an unclipped stretch: keeps a bright tail, never overflows float32
+
+
+def normalise(image: np.ndarray, clip: bool = True) -> np.ndarray:
     """Scale a ``(..., Y, X, C)`` image or stack to float32 in [0, 1] per channel (over all planes).
 
     uint8 images are divided by 255 (as the source papers do); any other type (uint16 microscopy,
     CT in Hounsfield units, floats) is stretched between its 0.5th and 99.5th percentiles, so a few
-    hot pixels or the air around a body do not flatten the contrast.
+    hot pixels or the air around a body do not flatten the contrast. ``clip=False`` keeps the values
+    outside the percentiles (below 0, above 1; bounded at +-:data:`UNCLIPPED_BOUND`).
     """
     if image.size == 0 or min(image.shape[-3:-1]) < 2:
         raise InputError(f"image of shape {image.shape[:-1]} is too small to segment (need at least 2x2 pixels)")
@@ -90,7 +94,8 @@ def normalise(image: np.ndarray) -> np.ndarray:
         if hi <= lo:
             lo, hi = float(data[..., c].min()), float(data[..., c].max())
         scale = (hi - lo) or 1.0
-        out[..., c] = np.clip((data[..., c] - lo) / scale, 0.0, 1.0)
+        low, high = (0.0, 1.0) if clip else (-UNCLIPPED_BOUND, UNCLIPPED_BOUND)
+        out[..., c] = np.clip((data[..., c] - lo) / scale, low, high)
     return out
 
 
@@ -125,8 +130,9 @@ def prepare_image(image: np.ndarray, rgb: bool | None = None) -> np.ndarray:
     return normalise(as_channels_last(image, rgb))
 
 
-def prepare_stack(stack: np.ndarray, rgb: bool | None = None) -> np.ndarray:
-    """``(N, Y, X[, C])`` stack or volume of any numeric type -> ``(N, Y, X, C)`` float32 in [0, 1].
+def prepare_stack(stack: np.ndarray, rgb: bool | None = None, clip: bool = True) -> np.ndarray:
+    """``(N, Y, X[, C])`` stack or volume of any numeric type -> ``(N, Y, X, C)`` float32 in [0, 1]
+    (``clip=False``: see :func:`normalise`).
 
     All planes share one normalisation (a slice of air stays dark next to a slice of tissue).
     """
@@ -147,4 +153,4 @@ def prepare_stack(stack: np.ndarray, rgb: bool | None = None) -> np.ndarray:
         raise InputError(f"expected a stack or volume (Z, Y, X) or (Z, Y, X, C), got shape {stack.shape}")
     if stack.shape[0] == 0:
         raise InputError("the stack has no slices")
-    return normalise(stack)
+    return normalise(stack, clip)

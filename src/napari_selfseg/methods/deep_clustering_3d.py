@@ -133,30 +133,13 @@ PRESETS = {
 
 
 def prepare(image: np.ndarray, params: DeepClustering3DParams, rgb: bool | None = None) -> np.ndarray:
-    """The engine's normalisation (:func:`~napari_selfseg.imageprep.prepare_stack`: each channel stretched
-    between its 0.5th and 99.5th percentiles) without its clipping to [0, 1], so that the refined
-    projection's intensity models see the brightest voxels as they are (on BRATS the clipping flattens a
-    large part of a tumour's FLAIR, 39 % on pat0005). Everything else in the method (the object threshold,
-    the CNN's patches) uses the clipped values, :func:`clipped`, exactly as with the engine's
-    normalisation. uint8 and bool input is only divided (nothing is clipped)."""
-    stack = prepare_stack(image, rgb)  # validation, and the clipped stretch
-    raw = np.asarray(image)
-    if raw.dtype == np.uint8 or raw.dtype == bool:
-        return stack
-    raw = raw[..., None] if raw.ndim == 3 else raw
-    if raw.shape[:-1] != stack.shape[:-1] or raw.shape[-1] < stack.shape[-1]:
-        return stack
-    out = np.empty(stack.shape, np.float32)
-    for c in range(stack.shape[-1]):  # the same stretch as imageprep.normalise, unclipped
-        data = raw[..., c].astype(np.float64)  # float64 input may exceed float32's range
-        lo, hi = np.percentile(data, (0.5, 99.5))
-        if hi <= lo:
-            lo, hi = float(data.min()), float(data.max())
-        # bounded at 100x the stretch: keeps a bright tail's contrast, and float32 cannot overflow
-        out[..., c] = np.clip((data - lo) / ((hi - lo) or 1.0), -100.0, 100.0)
-    if not np.allclose(np.clip(out, 0, 1), stack, atol=1e-4):  # any other input path: the engine's
-        return stack
-    return out
+    """The engine's normalisation (each channel stretched between its 0.5th and 99.5th percentiles)
+    without its clipping to [0, 1], so that the refined projection's intensity models see the brightest
+    voxels as they are (on BRATS the clipping flattens a large part of a tumour's FLAIR, 39 % on
+    pat0005). Everything else in the method (the object threshold, the CNN's patches) uses the clipped
+    values, :func:`clipped`, exactly as with the engine's normalisation. uint8 and bool input is only
+    divided (nothing to clip)."""
+    return prepare_stack(image, rgb, clip=False)
 
 
 def clipped(image: np.ndarray) -> np.ndarray:
@@ -491,11 +474,10 @@ class PatchClusterModel:
     def predict(self, image: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
         """``(Z, Y, X)`` cluster ids (1..K, 0 outside the object) of a prepared ``(Z, Y, X, C)`` volume."""
         p = self.params
-        intensity = image  # unclipped (see prepare): the refined projection's intensities
-        image = clipped(image)
-        mask = object_mask(image, p.threshold) if mask is None else mask
+        mask = object_mask(clipped(image), p.threshold) if mask is None else mask
         zoom = isotropic_zoom(self.spacing)
-        work, work_mask = _resample(image, mask, zoom)
+        intensity, work_mask = _resample(image, mask, zoom)  # unclipped (see prepare): for the refinement
+        work = clipped(intensity)
         volume, centres, inside = self.blocks(work, work_mask)
         grid = np.zeros([len(a) for a in block_grid(work_mask.shape, p.stride)], dtype=np.int64)
         for start in range(0, len(centres), 512):
@@ -503,7 +485,7 @@ class PatchClusterModel:
             grid[tuple(inside[start:start + 512].T)] = self.assign(emb) + 1
         if self.ids is not None and len(self.ids) > grid.max():
             grid = self.ids[grid]
-        return restore(self.project(grid, _resample(intensity, mask, zoom)[0], work_mask), mask)
+        return restore(self.project(grid, intensity, work_mask), mask)
 
     def project(self, grid: np.ndarray, image: np.ndarray, mask: np.ndarray, projection: str | None = None):
         """Full-resolution labels of the working grid from block labels ``grid``: the paper's block
@@ -567,11 +549,11 @@ class DeepClustering3DTrainer:
         if p.stride > p.patch_size:
             raise InputError(f"the stride s={p.stride} must not exceed the patch size w={p.patch_size}")
         self.rng = np.random.default_rng(ctx.seed)
-        image = clipped(ctx.image)  # the engine's [0, 1] values; ctx.image is unclipped (see prepare)
-        self.mask = object_mask(image, p.threshold, ctx.labels)
+        # ctx.image is unclipped (see prepare): the refinement's intensities; the rest sees [0, 1]
+        self.mask = object_mask(clipped(ctx.image), p.threshold, ctx.labels)
         self.zoom = isotropic_zoom(ctx.spacing)
-        self.work, self.work_mask = _resample(image, self.mask, self.zoom)
-        self.intensity = _resample(ctx.image, self.mask, self.zoom)[0]  # unclipped, for the refinement
+        self.intensity, self.work_mask = _resample(ctx.image, self.mask, self.zoom)
+        self.work = clipped(self.intensity)
         blocks_inside(self.work_mask, p.stride)  # fail now, not after phase 1
         self.model = PatchClusterModel(p, ctx.image.shape[-1], ctx.device)
         self.model.spacing = ctx.spacing
