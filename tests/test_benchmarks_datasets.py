@@ -62,3 +62,12 @@ def test_unknown_name_raises():
     with pytest.raises(ValueError, match="unknown data set"):
         datasets.available("imagenet")
     assert set(datasets.PROTOCOL) == set(datasets.NAMES)
+
+
+@pytest.mark.parametrize("name", sorted(datasets.DEFECTIVE))
+def test_known_defective_samples_exist(name):
+    # a renamed or removed file would silently drop its exclusion from the benchmarks' side figures
+    if not datasets.available(name):
+        pytest.skip(f"{name} not found under {datasets.DATA_ROOT}")
+    names = {s.name for s in datasets.load(name)}
+    assert set(datasets.DEFECTIVE[name]) <= names
