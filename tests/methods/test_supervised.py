@@ -112,6 +112,18 @@ def test_augmentation_moves_image_and_labels_together():
         assert torch.equal(ax[:, 0].long(), ay)
 
 
+def test_elastic_deformation_moves_image_and_labels_together():
+    y = torch.from_numpy(disc_stack(4, size=48, values=(0, 1, 2))[1])
+    y[0, :6] = -1  # unlabelled pixels stay unlabelled, wherever they move
+    x = y[:, None].float()
+    same_x, same_y = data.elastic_deform(x, y, 0.0, torch.Generator().manual_seed(0))
+    assert torch.equal(same_x, x) and torch.equal(same_y, y)
+    moved_x, moved_y = data.elastic_deform(x, y, 4.0, torch.Generator().manual_seed(0))
+    assert (moved_y != y).float().mean() > 0.01  # it deforms
+    assert set(moved_y.unique().tolist()) <= {-1, 0, 1, 2}
+    assert (moved_x[:, 0].round().long() == moved_y).float().mean() > 0.97  # same displacement field
+
+
 @pytest.mark.parametrize("method", ["unet", "lgan"])
 def test_learns_from_labelled_slices_and_segments_held_out_ones(method):
     image, truth = disc_stack(14)

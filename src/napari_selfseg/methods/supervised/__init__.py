@@ -37,6 +37,10 @@ class UNetParams(PostprocessParams):
     augment: bool = param(True, help="Random flips, 90-degree rotations and intensity jitter of each minibatch")
     intensity_jitter: float = param(0.1, low=0.0, high=0.5, step=0.01,
                                     help="Augmentation: random gain 1 +- this and offset +- this on [0, 1] images")
+    elastic: float = param(0.0, low=0.0, high=50.0, step=1.0, label="elastic deformation",
+                           help="Augmentation: random elastic deformation of each slice, the standard deviation in "
+                                "pixels (at the training size) of displacements on a coarse 3x3 grid, interpolated "
+                                "bicubically (U-Net paper: 10; 0 = off)")
     max_iterations: int = param(1500, low=1, high=200_000, step=100, help="Stop after this many minibatches")
     patience: int = param(0, low=0, high=1000, step=1,
                           help="Stop when validation Dice has not improved for this many epochs (0 = off)")

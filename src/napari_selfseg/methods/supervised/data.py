@@ -176,6 +176,29 @@ def augment(x: torch.Tensor, y: torch.Tensor | None, jitter: float, generator: t
     return x.contiguous(), None if y is None else y.contiguous()
 
 
+def elastic_deform(x: torch.Tensor, y: torch.Tensor | None, strength: float, generator: torch.Generator,
+                   grid: int = 3):
+    """Smooth random elastic deformation of a batch ``(B, C, h, w)`` (and labels ``(B, h, w)``, -1 kept), as
+    in the U-Net paper: random displacements drawn with a standard deviation of ``strength`` pixels on a
+    coarse ``grid`` x ``grid`` lattice over each sample, interpolated bicubically to every pixel. Images are
+    resampled bilinearly, labels by nearest neighbour; the image edge is mirrored."""
+    if strength <= 0:
+        return x, y
+    b, _, h, w = x.shape
+    coarse = torch.randn(b, 2, grid, grid, generator=generator) * strength
+    shift = F.interpolate(coarse, size=(h, w), mode="bicubic", align_corners=True).to(x.device)
+    # pixel displacements -> grid_sample's [-1, 1] coordinates (x first)
+    scale = torch.tensor([2.0 / max(w - 1, 1), 2.0 / max(h - 1, 1)], device=x.device).view(1, 2, 1, 1)
+    ys, xs = torch.meshgrid(torch.linspace(-1, 1, h, device=x.device), torch.linspace(-1, 1, w, device=x.device),
+                            indexing="ij")
+    where = (torch.stack([xs, ys])[None] + shift * scale).permute(0, 2, 3, 1)
+    x = F.grid_sample(x, where.to(x.dtype), mode="bilinear", padding_mode="reflection", align_corners=True)
+    if y is not None:
+        y = F.grid_sample(y[:, None].float(), where, mode="nearest", padding_mode="reflection",
+                          align_corners=True)[:, 0].round().long()
+    return x, y
+
+
 def scores(pred: np.ndarray, truth: np.ndarray, n_classes: int) -> dict[str, float]:
     """Mean IoU, Dice and 95th-percentile Hausdorff (pixels) of class indices ``pred`` against ``truth``
     (``(N, Y, X)``, -1 in ``truth`` = unlabelled, not scored), over slices and foreground classes 1..K-1."""

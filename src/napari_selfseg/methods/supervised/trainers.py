@@ -113,6 +113,8 @@ class UNetTrainer:
         # no crop smaller than the grid the networks take (the critic's strided 4x4 convolutions, the
         # U-Net's bottom batch norm)
         patch = max(p.patch, data.min_grid_side(p.depth)) if p.patch > 0 else 0
+        if p.augment and p.elastic > 0:  # on whole slices, as in the U-Net paper, before the crop
+            x, y = data.elastic_deform(x, y, p.elastic, self.generator)
         x, y = data.random_crop(x, y, patch, self.generator)
         if p.augment:
             x, y = data.augment(x, y, p.intensity_jitter, self.generator)
