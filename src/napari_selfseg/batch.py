@@ -86,15 +86,18 @@ def segment_image(image: ImageFile, method: str, threads: int | None = None, **k
     return labels, record
 
 
+def model_record(model: Model, **extra) -> dict:
+    """Provenance of labels a loaded model produced (JSON-able): method, model file, its parameters."""
+    return {"method": model.method.id, "model": str(model.path), "params": model.record.get("params"),
+            "napari_selfseg_version": model.record.get("napari_selfseg_version"), "applied": True, **extra}
+
+
 def model_labeller(model: Model) -> Callable[[ImageFile], tuple[np.ndarray, dict]]:
     """A ``labeller`` for :func:`label_file` that applies a trained model (no training)."""
 
     def label(image: ImageFile) -> tuple[np.ndarray, dict]:
         labels = model.predict(image.data, rgb=image.rgb)
-        record = {"method": model.method.id, "model": str(model.path), "input": str(image.path),
-                  "input_shape": list(image.data.shape), "params": model.record.get("params"),
-                  "napari_selfseg_version": model.record.get("napari_selfseg_version"), "applied": True}
-        return labels, record
+        return labels, model_record(model, input=str(image.path), input_shape=list(image.data.shape))
 
     return label
 

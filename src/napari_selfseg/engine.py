@@ -86,7 +86,8 @@ INPUT_KINDS = ("plane", "stack", "volume")
 class TrainContext:
     """What a method's trainer gets: the prepared image and the run's settings.
 
-    ``image`` is float32 in [0, 1], channels last: ``(Y, X, C)`` for a plane method, ``(N, Y, X, C)``
+    ``image`` is float32, in [0, 1] as the engine prepares it (a method's own ``prepare`` may differ: deep
+    clustering 3D keeps an unclipped stretch), channels last: ``(Y, X, C)`` for a plane method, ``(N, Y, X, C)``
     for a stack method, ``(Z, Y, X, C)`` for a volume method. ``params`` is replaced (never mutated)
     by the engine when the user moves a slider, so a trainer reads ``ctx.params`` afresh at every step.
     ``scribbles`` is ``(Y, X)`` int, 0 = unlabelled, or None. ``labels`` is ground truth of shape

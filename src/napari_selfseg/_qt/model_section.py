@@ -12,7 +12,7 @@ from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import QFileDialog, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
-from ..batch import label_file, model_labeller
+from ..batch import label_file, model_labeller, model_record
 from ..bundle import Model, load_model, save_model
 from ..imageprep import InputError
 from ..io import expand_inputs
@@ -173,8 +173,20 @@ class ModelSection(QWidget):
             if labels_layer in self.panel.viewer.layers:
                 write_plane(labels_layer, where, labels)
 
-        return self._start(label, {"total": len(planes), "desc": "Applying model"}, write,
-                           lambda: self.status.setText(f"Labelled {len(planes)} plane(s) of {layer.name}"))
+        def done():
+            # saved with the layer: which model labelled it (a reused layer's old record would mislead)
+            labels_layer.metadata["napari_selfseg"] = self._provenance(image=layer.name, planes=len(planes))
+            self.status.setText(f"Labelled {len(planes)} plane(s) of {layer.name}")
+
+        return self._start(label, {"total": len(planes), "desc": "Applying model"}, write, done)
+
+    def _provenance(self, **extra) -> dict:
+        """What applied labels came from: the loaded model bundle, else the panel's finished training."""
+        from .. import api
+
+        if self.model is not None:
+            return model_record(self.model, **extra)
+        return api.provenance(self.panel.training, applied=True, **extra)
 
     def _labels_layer_for(self, layer: Image):
         shape = spatial_shape(layer)
