@@ -39,8 +39,8 @@ PROTOCOL: dict[str, str] = {
 
 NAMES = tuple(PROTOCOL)
 
-# Development samples whose ground truth is visibly wrong, found while reading per-image errors: the
-# benchmarks still score them in their main figures and report the mean without them beside it.
+# Development samples whose ground truth is visibly wrong, found while reading per-image errors. They stay
+# in every main figure; the active-contour benchmark also reports its means without them.
 DEFECTIVE: dict[str, dict[str, str]] = {
     "lung_ct_2d": {"ID_0052_Z_0108": "the lung mask also covers the air around the body inside the scanner's "
                                      "field of view"},

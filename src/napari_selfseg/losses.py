@@ -45,9 +45,15 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tenso
     return 1 - (dice[1:] if k > 1 and not background else dice).mean()
 
 
-def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of ``(N, K, H, W)`` logits against ``(N, H, W)`` class ids; ids < 0 (unlabelled) are ignored."""
-    return F.cross_entropy(logits.float(), target, ignore_index=-1)
+def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor,
+                         weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy of ``(N, K, H, W)`` logits against ``(N, H, W)`` class ids; ids < 0 (unlabelled) are ignored.
+    ``weight`` ``(N, H, W)``, optional: per-pixel weights, the loss their weighted mean."""
+    if weight is None:
+        return F.cross_entropy(logits.float(), target, ignore_index=-1)
+    per_pixel = F.cross_entropy(logits.float(), target, ignore_index=-1, reduction="none")
+    weight = weight * (target >= 0)
+    return (per_pixel * weight).sum() / weight.sum().clamp_min(1e-8)
 
 
 def gradient_penalty(critic, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:

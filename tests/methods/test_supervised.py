@@ -6,7 +6,7 @@ from torch import nn
 
 from napari_selfseg import metrics
 from napari_selfseg.engine import Training, TrainContext
-from napari_selfseg.losses import cycle_consistency, gradient_penalty, soft_dice_loss
+from napari_selfseg.losses import cycle_consistency, gradient_penalty, masked_cross_entropy, soft_dice_loss
 from napari_selfseg.methods import get_method
 from napari_selfseg.methods.supervised import data, load
 from napari_selfseg.methods.supervised.trainers import LGANTrainer, cycle_pass
@@ -122,6 +122,32 @@ def test_elastic_deformation_moves_image_and_labels_together():
     assert (moved_y != y).float().mean() > 0.01  # it deforms
     assert set(moved_y.unique().tolist()) <= {-1, 0, 1, 2}
     assert (moved_x[:, 0].round().long() == moved_y).float().mean() > 0.97  # same displacement field
+
+
+def test_separation_weights_peak_in_the_gap_between_touching_objects():
+    labels = np.zeros((1, 20, 30), np.int64)
+    labels[0, 5:15, 3:13] = 1
+    labels[0, 5:15, 15:25] = 1  # two objects 2 pixels apart (columns 13-14)
+    labels[0, 0, 0] = -1
+    w = data.border_weights(labels, 10.0, 2.0)[0]
+    assert w[10, 13] == pytest.approx(1 + 10 * np.exp(-(1 + 2) ** 2 / 8), rel=1e-3)  # 1 and 2 px from them
+    assert w[10, 13] > 4 and w[19, 29] == pytest.approx(1.0, abs=1e-3)  # far from both: plain weight
+    assert w[0, 0] == 0  # unlabelled
+    one = labels.copy()
+    one[0, 5:15, 13:15] = 1  # a single object: nothing to separate
+    assert np.all(data.border_weights(one, 10.0, 2.0)[0][one[0] >= 0] == 1)
+
+
+def test_weighted_cross_entropy_is_the_weighted_mean_over_labelled_pixels():
+    logits = torch.randn(2, 3, 5, 6)
+    target = torch.randint(0, 3, (2, 5, 6))
+    target[0, 0] = -1
+    plain = masked_cross_entropy(logits, target)
+    assert torch.allclose(masked_cross_entropy(logits, target, torch.full((2, 5, 6), 3.0)), plain)
+    weight = torch.zeros(2, 5, 6)
+    weight[1, 2, 3] = 1.0  # all the weight on one pixel: its own cross-entropy
+    one = torch.nn.functional.cross_entropy(logits[1:2, :, 2, 3], target[1:2, 2, 3])
+    assert torch.allclose(masked_cross_entropy(logits, target, weight), one)
 
 
 @pytest.mark.parametrize("method", ["unet", "lgan"])

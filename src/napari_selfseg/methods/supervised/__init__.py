@@ -34,6 +34,12 @@ class UNetParams(PostprocessParams):
     dice_classes: str = param("foreground", choices=("foreground", "all"), advanced=True,
                               help="Classes the soft Dice averages over: the foreground ones (1 and up), or all, "
                                    "background 0 included (for a thin structure stored as 0, e.g. EM membranes)")
+    border_weight: float = param(0.0, low=0.0, high=50.0, step=0.5, label="separation weight",
+                                 help="U-Net paper: extra cross-entropy weight, up to this, on the thin background "
+                                      "gaps between touching objects (EM membranes between cells), falling off "
+                                      "with the distances to the two nearest objects (paper: 10; 0 = off)")
+    border_sigma: float = param(5.0, low=0.5, high=50.0, step=0.5, advanced=True, label="separation width",
+                                help="Fall-off of the separation weight, pixels at the training size (paper: 5)")
     augment: bool = param(True, help="Random flips, 90-degree rotations and intensity jitter of each minibatch")
     intensity_jitter: float = param(0.1, low=0.0, high=0.5, step=0.01,
                                     help="Augmentation: random gain 1 +- this and offset +- this on [0, 1] images")

@@ -121,9 +121,13 @@ class UNetTrainer:
         return x, y, epoch_end
 
     def segmentation_loss(self, logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        ce = masked_cross_entropy(logits, y)
-        dice = soft_dice_loss(logits, y, y >= 0, background=self.ctx.params.dice_classes == "all")
-        return ce + self.ctx.params.dice_weight * dice, {"cross_entropy": ce.detach(), "dice_loss": dice.detach()}
+        p = self.ctx.params
+        weight = None
+        if p.border_weight > 0:  # from the minibatch's (cropped, augmented) labels: they move together
+            weight = torch.from_numpy(data.border_weights(y.cpu().numpy(), p.border_weight, p.border_sigma))
+        ce = masked_cross_entropy(logits, y, None if weight is None else weight.to(logits.device))
+        dice = soft_dice_loss(logits, y, y >= 0, background=p.dice_classes == "all")
+        return ce + p.dice_weight * dice, {"cross_entropy": ce.detach(), "dice_loss": dice.detach()}
 
     def step(self) -> dict[str, Any]:
         p = self.ctx.params
