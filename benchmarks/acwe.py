@@ -44,9 +44,10 @@ def _scores(labels: np.ndarray, gts, rule: str = "best-overlap", valid=None) -> 
     plain = [evaluate(lab, gt, rule)["dsc"] for lab, gt in zip(labels, gts)]
     border = [evaluate(split_border_components(lab), gt, rule)["dsc"] for lab, gt in zip(labels, gts)]
     valid = np.ones(len(border), bool) if valid is None else np.asarray(valid, bool)
+    kept = np.asarray(border)[valid]
     return {"dsc": float(np.mean(plain)), "dsc_border": float(np.mean(border)),
             "std": float(np.std(plain)), "std_border": float(np.std(border)),
-            "dsc_valid": float(np.mean(np.asarray(border)[valid])), "n_valid": int(valid.sum())}
+            "dsc_valid": float(kept.mean()) if len(kept) else float("nan"), "n_valid": int(valid.sum())}
 
 
 def _train(image, labels, params, seed, threads, device):
@@ -101,6 +102,7 @@ def lung(folds: int, params: dict, seed: int, threads: int, device: str, log) ->
     for f in range(folds):
         shifted = np.roll(order, -f * FEW)
         few, more = np.sort(shifted[:FEW]), np.sort(shifted[:MORE])
+        few, more = few[valid[few]], more[valid[more]]  # a defective mask would teach the wrong thing
         scored = np.setdiff1d(np.arange(n), more)
         per_mode["1"].append(_scores(labels1[scored], gt[scored], valid=valid[scored]))
         for mode, labelled in (("2", few), ("3", more)):
@@ -112,7 +114,7 @@ def lung(folds: int, params: dict, seed: int, threads: int, device: str, log) ->
             per_mode[mode].append(_scores(labels4[scored], gt[scored], valid=valid[scored]))
         log(f"lung fold {f}: " + ", ".join(f"mode {m} " + "/".join(f"{v[-1][k]:.3f}" for k in ("dsc", "dsc_border",
                                                                                              "dsc_valid"))
-                                           for m, v in per_mode.items()) + f" (mode 4 {seconds4:.0f} s)")
+                                           for m, v in per_mode.items()) + f" (mode 4 with {MORE} labels {seconds4:.0f} s)")
     for mode, label_count in (("1", "0"), ("2", str(FEW)), ("3", str(MORE)), ("4", str(FEW)), ("4+", str(MORE))):
         values = per_mode[mode]
         mean = {k: float(np.mean([v[k] for v in values])) for k in values[0]}
@@ -164,7 +166,7 @@ def _table(title: str, rows) -> list[str]:
     for mode, count, scored, s in rows:
         lines.append(f"| {mode} | {count} | {scored} | {s['dsc']:.3f} ± {s['std']:.3f} | "
                      f"{s['dsc_border']:.3f} ± {s['std_border']:.3f} | "
-                     f"{s['dsc_valid']:.3f} (n = {int(s['n_valid'])}) |")
+                     f"{s['dsc_valid']:.3f} (n = {s['n_valid']:.3g}) |")
     return lines + [""]
 
 

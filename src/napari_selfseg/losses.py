@@ -47,12 +47,12 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tenso
 
 def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor,
                          weight: torch.Tensor | None = None) -> torch.Tensor:
-    """Cross-entropy of ``(N, K, H, W)`` logits against ``(N, H, W)`` class ids; ids < 0 (unlabelled) are ignored.
-    ``weight`` ``(N, H, W)``, optional: per-pixel weights, the loss their weighted mean."""
-    if weight is None:
-        return F.cross_entropy(logits.float(), target, ignore_index=-1)
+    """Cross-entropy of ``(N, K, H, W)`` logits against ``(N, H, W)`` class ids, averaged over the labelled
+    pixels (ids < 0 are unlabelled), weighted by ``weight`` ``(N, H, W)`` if given; 0 (not NaN) when no pixel
+    is labelled, e.g. a training crop of a sparsely annotated slice."""
     per_pixel = F.cross_entropy(logits.float(), target, ignore_index=-1, reduction="none")
-    weight = weight * (target >= 0)
+    labelled = (target >= 0).to(per_pixel.dtype)
+    weight = labelled if weight is None else weight * labelled
     return (per_pixel * weight).sum() / weight.sum().clamp_min(1e-8)
 
 

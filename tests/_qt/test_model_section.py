@@ -44,6 +44,7 @@ def test_saved_model_applies_to_another_layer_with_the_same_ids(trained, qtbot, 
     assert np.array_equal(layer.data, trained.training.predict(other.data, rgb=True))
     record = layer.metadata["napari_selfseg"]  # saved with the layer: which model labelled which image
     assert record["model"] == str(path) and record["image"] == "other" and record["applied"]
+    assert record["scope"] == "all"
     section.apply_to_layer(trained.viewer.layers["regions"])  # the training image: the ids of its layer
     wait_section(qtbot, section)
     assert np.array_equal(trained.labels_layer.data, trained.training.predict(trained.image_layer.data, rgb=True))

@@ -58,7 +58,7 @@ def test_discriminator_judges_image_mask_pairs():
     trainer = LGANTrainer(context("lgan", image, truth))
     seen = []
     trainer.critic.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach().clone()))
-    x, y, _ = trainer._batch(trainer.data.train, {})
+    x, y, _, _ = trainer._batch(trainer.data.train, {})
     probs = trainer.net(x).softmax(1)
     real, fake = trainer.pairs(x, y, probs)
     # channels: the image's, then one per class; the real mask is the one-hot ground truth, the fake the softmax
@@ -133,9 +133,23 @@ def test_separation_weights_peak_in_the_gap_between_touching_objects():
     assert w[10, 13] == pytest.approx(1 + 10 * np.exp(-(1 + 2) ** 2 / 8), rel=1e-3)  # 1 and 2 px from them
     assert w[10, 13] > 4 and w[19, 29] == pytest.approx(1.0, abs=1e-3)  # far from both: plain weight
     assert w[0, 0] == 0  # unlabelled
+    assert w[10, 12] == 1  # an object's own pixels keep the plain weight, even next to the gap
     one = labels.copy()
     one[0, 5:15, 13:15] = 1  # a single object: nothing to separate
     assert np.all(data.border_weights(one, 10.0, 2.0)[0][one[0] >= 0] == 1)
+
+
+def test_separation_weights_travel_with_the_labels_through_crop_and_augmentation():
+    truth = np.zeros((6, 40, 40), np.int64)
+    truth[:, 10:20, 8:18] = truth[:, 10:20, 20:30] = 1  # two squares 2 pixels apart: something to separate
+    image = (0.2 + 0.6 * truth + np.random.default_rng(0).normal(0, 0.05, truth.shape)).astype(np.float32)
+    trainer = get_method("unet").build(context("unet", image, truth, border_weight=10.0, patch=24))
+    for _ in range(5):
+        x, y, weights, _ = trainer._batch(trainer.data.train, trainer._order)
+        assert x.shape[1] == 1 and weights.shape == y.shape  # the weights are not an input channel
+        assert torch.all(weights[y > 0] == 1) and weights[y == 0].max() > 2
+    deformed = get_method("unet").build(context("unet", image, truth, border_weight=10.0, elastic=3.0, patch=24))
+    assert np.isfinite(float(deformed.step()["cross_entropy"]))
 
 
 def test_weighted_cross_entropy_is_the_weighted_mean_over_labelled_pixels():
@@ -148,6 +162,8 @@ def test_weighted_cross_entropy_is_the_weighted_mean_over_labelled_pixels():
     weight[1, 2, 3] = 1.0  # all the weight on one pixel: its own cross-entropy
     one = torch.nn.functional.cross_entropy(logits[1:2, :, 2, 3], target[1:2, 2, 3])
     assert torch.allclose(masked_cross_entropy(logits, target, weight), one)
+    nothing = torch.full((2, 5, 6), -1)  # a crop without labelled pixels: no loss, not NaN
+    assert masked_cross_entropy(logits, nothing) == 0
 
 
 @pytest.mark.parametrize("method", ["unet", "lgan"])

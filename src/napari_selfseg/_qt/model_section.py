@@ -163,6 +163,8 @@ class ModelSection(QWidget):
         index = displayed_index(self.panel.viewer, layer)
         planes = apply_units(spatial_shape(layer), index, self.panel.method.inputs, scope)
         labels_layer = self._labels_layer_for(layer)
+        # taken now: a training started meanwhile replaces the panel's network, not these labels' origin
+        record = self._provenance(image=layer.name, scope=scope, planes=len(planes))
 
         def label():
             for where in planes:
@@ -175,7 +177,7 @@ class ModelSection(QWidget):
 
         def done():
             # saved with the layer: which model labelled it (a reused layer's old record would mislead)
-            labels_layer.metadata["napari_selfseg"] = self._provenance(image=layer.name, planes=len(planes))
+            labels_layer.metadata["napari_selfseg"] = record
             self.status.setText(f"Labelled {len(planes)} plane(s) of {layer.name}")
 
         return self._start(label, {"total": len(planes), "desc": "Applying model"}, write, done)
@@ -239,7 +241,8 @@ class ModelSection(QWidget):
         self.worker = worker = panel_worker(func, on_error=errored, progress=progress)
         worker.yielded.connect(on_item)
         worker.finished.connect(self._finished)
-        worker.finished.connect(lambda: None if failed else on_done())  # keep the error in the status line
+        # an error keeps its message in the status line; a cancelled run is not reported as done
+        worker.finished.connect(lambda: None if failed or worker.abort_requested else on_done())
         self.refresh(busy=True)
         self.status.setText("Applying…")
         worker.start()

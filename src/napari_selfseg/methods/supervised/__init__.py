@@ -34,19 +34,20 @@ class UNetParams(PostprocessParams):
     dice_classes: str = param("foreground", choices=("foreground", "all"), advanced=True,
                               help="Classes the soft Dice averages over: the foreground ones (1 and up), or all, "
                                    "background 0 included (for a thin structure stored as 0, e.g. EM membranes)")
-    border_weight: float = param(0.0, low=0.0, high=50.0, step=0.5, label="separation weight",
+    border_weight: float = param(0.0, low=0.0, high=50.0, step=0.5, live=False, label="separation weight",
                                  help="U-Net paper: extra cross-entropy weight, up to this, on the thin background "
                                       "gaps between touching objects (EM membranes between cells), falling off "
                                       "with the distances to the two nearest objects (paper: 10; 0 = off)")
-    border_sigma: float = param(5.0, low=0.5, high=50.0, step=0.5, advanced=True, label="separation width",
+    border_sigma: float = param(5.0, low=0.5, high=20.0, step=0.5, live=False, advanced=True,
+                                label="separation width",
                                 help="Fall-off of the separation weight, pixels at the training size (paper: 5)")
     augment: bool = param(True, help="Random flips, 90-degree rotations and intensity jitter of each minibatch")
     intensity_jitter: float = param(0.1, low=0.0, high=0.5, step=0.01,
                                     help="Augmentation: random gain 1 +- this and offset +- this on [0, 1] images")
     elastic: float = param(0.0, low=0.0, high=50.0, step=1.0, label="elastic deformation",
-                           help="Augmentation: random elastic deformation of each slice, the standard deviation in "
-                                "pixels (at the training size) of displacements on a coarse 3x3 grid, interpolated "
-                                "bicubically (U-Net paper: 10; 0 = off)")
+                           help="Augmentation (with augment on): random elastic deformation of each slice, the "
+                                "standard deviation in pixels (at the training size) of displacements on a coarse "
+                                "3x3 grid, interpolated bicubically (U-Net paper: 10; 0 = off)")
     max_iterations: int = param(1500, low=1, high=200_000, step=100, help="Stop after this many minibatches")
     patience: int = param(0, low=0, high=1000, step=1,
                           help="Stop when validation Dice has not improved for this many epochs (0 = off)")
@@ -106,9 +107,10 @@ class CycleParams(UNetParams):
                                  help="Channels of the discriminators' first layer")
 
 
-# The papers' network: 64 base channels, depth 4, full resolution, no augmentation beyond flips.
+# The papers' network: 64 base channels, depth 4, full resolution, the U-Net paper's elastic deformation (its
+# separation weights are for touching cells: set border_weight for such data).
 _PAPER_UNET = {"depth": 4, "base_channels": 64, "max_side": 0, "batch_norm": True, "learning_rate": 1e-4,
-               "batch_size": 4, "dice_weight": 1.0, "max_iterations": 20000, "patch": 0}
+               "batch_size": 4, "dice_weight": 1.0, "max_iterations": 20000, "patch": 0, "elastic": 10.0}
 PRESETS = {
     "unet": {"interactive": {}, "paper": dict(_PAPER_UNET)},
     "lgan": {"interactive": {}, "paper": {**_PAPER_UNET, "critic": "gradient-penalty", "gp_weight": 10.0,

@@ -121,6 +121,11 @@ class StackData:
         self.images = to_grid(image, self.size, device)
         y = torch.from_numpy(self.full_labels)[:, None].float()
         self.labels = F.interpolate(y, size=self.size, mode="nearest")[:, 0].long().to(device)
+        # the U-Net paper's separation weights, from whole slices (a crop would lose the neighbours of
+        # the objects at its edge); cropped and augmented with the labels
+        self.weights = (torch.from_numpy(border_weights(self.labels.cpu().numpy(), params.border_weight,
+                                                        params.border_sigma)).to(device)
+                        if params.border_weight > 0 else None)
         has_labels = (self.full_labels >= 0).reshape(len(labels), -1).any(1)
         self.train, self.val = split(np.flatnonzero(has_labels), params.val_fraction, seed)
         self.unlabelled = np.flatnonzero(~has_labels)
@@ -158,9 +163,11 @@ def random_crop(x: torch.Tensor, y: torch.Tensor | None, patch: int, generator: 
     return xs, ys
 
 
-def augment(x: torch.Tensor, y: torch.Tensor | None, jitter: float, generator: torch.Generator):
+def augment(x: torch.Tensor, y: torch.Tensor | None, jitter: float, generator: torch.Generator,
+            channels: int | None = None):
     """Random flips, a multiple of 90-degree rotation (the same for image and labels) and intensity jitter
-    (per sample gain ``1 +- jitter`` and offset ``+- jitter``, images only) of a batch ``(B, C, h, w)``."""
+    (per sample gain ``1 +- jitter`` and offset ``+- jitter``, images only: the first ``channels`` channels,
+    all by default; the others, e.g. loss weights carried along, only turn) of a batch ``(B, C, h, w)``."""
     draw = torch.rand(4, generator=generator).tolist()
     dims = [d for d, flip in ((-1, draw[0] < 0.5), (-2, draw[1] < 0.5)) if flip]
     k = int(draw[2] * 4) % 4
@@ -173,7 +180,8 @@ def augment(x: torch.Tensor, y: torch.Tensor | None, jitter: float, generator: t
     if jitter > 0:
         gain = 1 + (torch.rand(len(x), 1, 1, 1, generator=generator) * 2 - 1) * jitter
         offset = (torch.rand(len(x), 1, 1, 1, generator=generator) * 2 - 1) * jitter
-        x = x * gain.to(x.device) + offset.to(x.device)
+        n = x.shape[1] if channels is None else channels
+        x = torch.cat([x[:, :n] * gain.to(x.device) + offset.to(x.device), x[:, n:]], 1)
     return x.contiguous(), None if y is None else y.contiguous()
 
 
@@ -202,9 +210,10 @@ def elastic_deform(x: torch.Tensor, y: torch.Tensor | None, strength: float, gen
 
 def border_weights(indices: np.ndarray, weight: float, sigma: float) -> np.ndarray:
     """The U-Net paper's separation weights ``(B, h, w)`` float32 of class indices ``(B, h, w)`` (-1 =
-    unlabelled, weight 0): ``1 + weight * exp(-(d1 + d2)^2 / (2 sigma^2))``, with d1 and d2 the distances
-    (pixels) to the nearest and second-nearest object (a connected region of non-background classes), so
-    the thin background gaps between touching objects (EM membranes between cells) weigh up to ``1 + weight``.
+    unlabelled, weight 0): on background pixels (index 0) ``1 + weight * exp(-(d1 + d2)^2 / (2 sigma^2))``,
+    with d1 and d2 the distances (pixels) to the nearest and second-nearest object (a connected region of
+    non-background classes), so the thin gaps between touching objects (EM membranes between cells) weigh up
+    to ``1 + weight``; 1 elsewhere.
     """
     out = np.ones(indices.shape, np.float32)
     reach = int(np.ceil(4 * sigma))  # beyond this the term is below exp(-8) of its peak
@@ -221,7 +230,7 @@ def border_weights(indices: np.ndarray, weight: float, sigma: float) -> np.ndarr
             d2[win] = np.minimum(second, np.maximum(near, d))
             d1[win] = np.minimum(near, d)
         with np.errstate(over="ignore", invalid="ignore"):
-            plane += weight * np.nan_to_num(np.exp(-((d1 + d2) ** 2) / (2 * sigma ** 2)))
+            plane += weight * np.nan_to_num(np.exp(-((d1 + d2) ** 2) / (2 * sigma ** 2))) * (idx == 0)
     out[indices < 0] = 0
     return out
 

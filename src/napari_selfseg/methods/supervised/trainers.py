@@ -110,6 +110,9 @@ class UNetTrainer:
         idx, epoch_end = data.batch_indices(pool, p.batch_size, self.generator, state, repeats)
         x = self.data.images[idx]
         y = self.data.labels[idx] if with_labels else None
+        weighted = with_labels and self.data.weights is not None
+        if weighted:  # an extra channel, so the weights are deformed, cropped and turned with the image
+            x = torch.cat([x, self.data.weights[idx][:, None]], 1)
         # no crop smaller than the grid the networks take (the critic's strided 4x4 convolutions, the
         # U-Net's bottom batch norm)
         patch = max(p.patch, data.min_grid_side(p.depth)) if p.patch > 0 else 0
@@ -117,15 +120,15 @@ class UNetTrainer:
             x, y = data.elastic_deform(x, y, p.elastic, self.generator)
         x, y = data.random_crop(x, y, patch, self.generator)
         if p.augment:
-            x, y = data.augment(x, y, p.intensity_jitter, self.generator)
-        return x, y, epoch_end
+            x, y = data.augment(x, y, p.intensity_jitter, self.generator, channels=self.data.images.shape[1])
+        weights = x[:, -1] if weighted else None
+        return (x[:, :-1] if weighted else x), y, weights, epoch_end
 
-    def segmentation_loss(self, logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    def segmentation_loss(self, logits: torch.Tensor, y: torch.Tensor,
+                          weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+        """Cross-entropy (weighted per pixel by ``weights`` ``(B, h, w)`` if given) + soft Dice, and the terms."""
         p = self.ctx.params
-        weight = None
-        if p.border_weight > 0:  # from the minibatch's (cropped, augmented) labels: they move together
-            weight = torch.from_numpy(data.border_weights(y.cpu().numpy(), p.border_weight, p.border_sigma))
-        ce = masked_cross_entropy(logits, y, None if weight is None else weight.to(logits.device))
+        ce = masked_cross_entropy(logits, y, weights)
         dice = soft_dice_loss(logits, y, y >= 0, background=p.dice_classes == "all")
         return ce + p.dice_weight * dice, {"cross_entropy": ce.detach(), "dice_loss": dice.detach()}
 
@@ -133,17 +136,17 @@ class UNetTrainer:
         p = self.ctx.params
         for group in self.optimiser.param_groups:
             group["lr"] = p.learning_rate
-        x, y, epoch_end = self._batch(self.data.train, self._order)
+        x, y, weights, epoch_end = self._batch(self.data.train, self._order)
         self.net.train()
-        losses = self.generator_step(x, y)
+        losses = self.generator_step(x, y, weights)
         if epoch_end:
             self.end_epoch()
         return {**losses, **self.last_scores}
 
-    def generator_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+    def generator_step(self, x: torch.Tensor, y: torch.Tensor, weights: torch.Tensor | None = None) -> dict[str, Any]:
         with self.ctx.autocast():
             logits = self.net(x)
-        loss, terms = self.segmentation_loss(logits, y)
+        loss, terms = self.segmentation_loss(logits, y, weights)
         self.optimiser.zero_grad(set_to_none=True)
         loss.backward()
         self.optimiser.step()
@@ -241,7 +244,7 @@ class LGANTrainer(UNetTrainer):
                     w.clamp_(-p.clip, p.clip)
         return terms
 
-    def generator_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+    def generator_step(self, x: torch.Tensor, y: torch.Tensor, weights: torch.Tensor | None = None) -> dict[str, Any]:
         p = self.ctx.params
         with self.ctx.autocast():
             logits = self.net(x)
@@ -250,7 +253,7 @@ class LGANTrainer(UNetTrainer):
         self.critic.train()
         for _ in range(p.critic_steps):
             terms = self.critic_step(real, fake)
-        loss, seg_terms = self.segmentation_loss(logits, y)
+        loss, seg_terms = self.segmentation_loss(logits, y, weights)
         for w in self.critic.parameters():  # the U-Net's step must not move the critic
             w.requires_grad_(False)
         adversarial = -self.critic(fake).float().mean()
@@ -306,17 +309,17 @@ class CycleTrainer(UNetTrainer):
         with self.ctx.autocast():
             return torch.sigmoid(self.to_image_net(m).float())
 
-    def generator_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+    def generator_step(self, x: torch.Tensor, y: torch.Tensor, weights: torch.Tensor | None = None) -> dict[str, Any]:
         p = self.ctx.params
         self.to_image_net.train()
-        u, _, _ = self._batch(self.pool, self._pool_order, with_labels=False)
+        u, _, _, _ = self._batch(self.pool, self._pool_order, with_labels=False)
         x = x.clamp(0, 1)  # the image generator ends in a sigmoid: keep jittered targets in its range
         u = u.clamp(0, 1)
         with self.ctx.autocast():
             logits = self.net(x)
         labelled_mask = _onehot(y, self.data.n_classes, logits.float().softmax(1).detach())
         trips = cycle_pass(self.to_mask, self.to_image, u, labelled_mask)
-        supervised, terms = self.segmentation_loss(logits, y)
+        supervised, terms = self.segmentation_loss(logits, y, weights)
         reconstruction = (self.to_image(labelled_mask) - x).abs().mean()
         cycle = cycle_consistency(u, trips["image_back"], labelled_mask, trips["mask_back"])
         critics = list(self.mask_critic.parameters()) + list(self.image_critic.parameters())
