@@ -407,7 +407,8 @@ class Training:
             current = None
             if trainer.done:
                 reason = "done"
-            elif iteration % self.check_every == 0:
+            elif iteration % self.check_every == 0 and (rules.min_clusters or rules.patience):
+                # only the label rules need the labels: a U-Net's full-size preview costs more than its step
                 current = trainer.current()
                 reason, unchanged = self._check_rules(rules, iteration, elapsed, current, previous, unchanged)
                 previous = current

@@ -152,6 +152,15 @@ def test_separation_weights_travel_with_the_labels_through_crop_and_augmentation
     assert np.isfinite(float(deformed.step()["cross_entropy"]))
 
 
+def test_validation_dice_averages_the_classes_the_dice_loss_does():
+    truth = np.array([[[0, 0, 0, 1, 1, 1]]] * 4)
+    pred = np.array([[[0, 0, 1, 1, 1, 1]]] * 4)  # a thin class 0 loses a pixel to class 1
+    interior = metrics.dice(pred == 1, truth == 1)
+    membrane = metrics.dice(pred == 0, truth == 0)
+    assert data.scores(pred, truth, 2)["val_dice"] == pytest.approx(interior)
+    assert data.scores(pred, truth, 2, background=True)["val_dice"] == pytest.approx((interior + membrane) / 2)
+
+
 def test_weighted_cross_entropy_is_the_weighted_mean_over_labelled_pixels():
     logits = torch.randn(2, 3, 5, 6)
     target = torch.randint(0, 3, (2, 5, 6))

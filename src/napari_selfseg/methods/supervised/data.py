@@ -235,13 +235,14 @@ def border_weights(indices: np.ndarray, weight: float, sigma: float) -> np.ndarr
     return out
 
 
-def scores(pred: np.ndarray, truth: np.ndarray, n_classes: int) -> dict[str, float]:
+def scores(pred: np.ndarray, truth: np.ndarray, n_classes: int, background: bool = False) -> dict[str, float]:
     """Mean IoU, Dice and 95th-percentile Hausdorff (pixels) of class indices ``pred`` against ``truth``
-    (``(N, Y, X)``, -1 in ``truth`` = unlabelled, not scored), over slices and foreground classes 1..K-1."""
+    (``(N, Y, X)``, -1 in ``truth`` = unlabelled, not scored), over slices and foreground classes 1..K-1
+    (class 0 too with ``background``)."""
     ious, dices, hds = [], [], []
     for p, t in zip(pred, truth):
         valid = t >= 0
-        for k in range(1, n_classes):
+        for k in range(0 if background else 1, n_classes):
             pk, tk = (p == k) & valid, (t == k)
             ious.append(metrics.iou(pk, tk))
             dices.append(metrics.dice(pk, tk))

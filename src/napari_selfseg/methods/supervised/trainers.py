@@ -157,7 +157,9 @@ class UNetTrainer:
         self.epoch += 1
         val = self.data.val
         pred = self.segmenter.indices(self.ctx.image[val])
-        self.last_scores = data.scores(pred, self.data.full_labels[val], self.data.n_classes)
+        # over the classes the Dice loss averages: the weights kept are the best at what training optimises
+        self.last_scores = data.scores(pred, self.data.full_labels[val], self.data.n_classes,
+                                       background=self.ctx.params.dice_classes == "all")
         if self.last_scores["val_dice"] > self.best_dice:
             self.best_dice = self.last_scores["val_dice"]
             self.best_state = copy.deepcopy(self.net.state_dict())
