@@ -112,9 +112,9 @@ def lung(folds: int, params: dict, seed: int, threads: int, device: str, log) ->
             _, labels4, seconds4 = _train(volume, _with_labels(gt, labelled), {**params, "mode": 4}, seed, threads,
                                           device)
             per_mode[mode].append(_scores(labels4[scored], gt[scored], valid=valid[scored]))
-        log(f"lung fold {f}: " + ", ".join(f"mode {m} " + "/".join(f"{v[-1][k]:.3f}" for k in ("dsc", "dsc_border",
-                                                                                             "dsc_valid"))
-                                           for m, v in per_mode.items()) + f" (mode 4 with {MORE} labels {seconds4:.0f} s)")
+        figures = ", ".join(f"mode {m} " + "/".join(f"{v[-1][k]:.3f}" for k in ("dsc", "dsc_border", "dsc_valid"))
+                            for m, v in per_mode.items())
+        log(f"lung fold {f}: {figures} (mode 4 with {MORE} labels {seconds4:.0f} s)")
     for mode, label_count in (("1", "0"), ("2", str(FEW)), ("3", str(MORE)), ("4", str(FEW)), ("4+", str(MORE))):
         values = per_mode[mode]
         mean = {k: float(np.mean([v[k] for v in values])) for k in values[0]}
