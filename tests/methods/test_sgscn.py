@@ -7,7 +7,7 @@ from napari_selfseg import segment, training
 from napari_selfseg.api import resolve_params
 from napari_selfseg.engine import TrainContext
 from napari_selfseg.losses import context_consistency, coordinate_grid
-from napari_selfseg.methods.feature_clustering import _colour_merge
+from napari_selfseg.methods.feature_clustering import _colour_merge, _reassign_by_colour
 from napari_selfseg.methods.sgscn import METHOD, SGSCNTrainer, load
 
 FAST = {"channels": 16, "train_pixels": 0, "max_iterations": 60, "threads": 1}
@@ -145,12 +145,30 @@ def test_colour_merge_joins_look_alike_clusters_first():
     assert len(np.unique(_colour_merge(labels, gray, 2))) == 2
 
 
+def test_reassign_by_colour_moves_a_misgrouped_region_to_the_nearer_colour():
+    image = np.zeros((8, 16, 3), dtype=np.float32)
+    image[:, :8] = (0.9, 0.1, 0.1)  # red left half
+    image[:, 8:] = (0.1, 0.1, 0.9)  # blue right half
+    labels = np.zeros((8, 16), dtype=np.int64)
+    labels[:, 12:] = 1  # the network put the blue columns 8-11 with the red cluster
+    segments = np.repeat(np.arange(4), 4)[None].repeat(8, 0)  # four 4-column superpixels
+    out = _reassign_by_colour(labels, image, segments)
+    assert (out[:, :8] == 0).all() and (out[:, 8:] == 1).all()
+    pixels = np.arange(labels.size).reshape(labels.shape)  # without superpixels: pixel by pixel
+    assert np.array_equal(_reassign_by_colour(labels, image, pixels), out)
+    # ids are kept (no renumbering), and a label map that is already right is left as it is
+    assert np.array_equal(_reassign_by_colour(out * 5, image, segments), out * 5)
+
+
 def test_merge_by_colour_caps_the_final_cluster_count(regions):
     image, truth = regions
     labels = segment(image, "sgscn", seed=0, min_labels=4, merge_colours=2, **FAST)
     assert len(np.unique(labels)) == 2
     # the merge only joins whole clusters: each true region still lies in one final cluster
     assert all(len(np.unique(labels[truth == t])) == 1 for t in range(4))
+    reassigned = segment(image, "sgscn", seed=0, min_labels=4, merge_colours=2, reassign_by_colour=True, **FAST)
+    assert len(np.unique(reassigned)) == 2
+    assert all(len(np.unique(reassigned[truth == t])) == 1 for t in range(4))
 
 
 def test_paper_preset_and_method():
@@ -160,7 +178,7 @@ def test_paper_preset_and_method():
     assert p.consistency_weighting == "clusters"
     assert METHOD.id == "sgscn" and set(METHOD.presets) == {"interactive", "lesion", "paper"}
     lesion = resolve_params("sgscn", "lesion")
-    assert (lesion.merge_colours, lesion.border_components) == (2, True)
+    assert (lesion.merge_colours, lesion.reassign_by_colour, lesion.border_components) == (2, True, True)
 
 
 def test_ph2_lesion_beats_a_coin(data_dir):

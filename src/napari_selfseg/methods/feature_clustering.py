@@ -185,22 +185,50 @@ def _ward_merge(counts: np.ndarray, means: np.ndarray, max_cost: float = np.inf,
     return lut
 
 
+def _colours_for_merging(image: np.ndarray) -> np.ndarray:
+    """The colours clusters are merged by: CIE Lab ``(Y, X, 3)`` of an RGB ``(Y, X, 3)`` image in [0, 1], the
+    channels as they are otherwise."""
+    return rgb2lab(image[..., :3]) if image.shape[-1] == 3 else image
+
+
+def _mean_colours(ids: np.ndarray, colours: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel counts ``(q,)`` and mean colours ``(q, C)`` of the ids ``(Y, X)`` (from 0) in ``colours``
+    ``(Y, X, C)``."""
+    flat = ids.ravel()
+    q = int(flat.max()) + 1
+    counts = np.bincount(flat, minlength=q).astype(np.float64)
+    sums = np.stack([np.bincount(flat, weights=colours[..., c].ravel(), minlength=q)
+                     for c in range(colours.shape[-1])], axis=1)
+    return counts, sums / np.maximum(counts, 1)[:, None]
+
+
 def _colour_merge(labels: np.ndarray, image: np.ndarray, clusters: int) -> np.ndarray:
     """Merge the clusters of ``labels`` ``(Y, X)`` (ids from 0) by greedy Ward linkage of their mean colours
-    in ``image`` ``(Y, X, C)`` (CIE Lab for RGB, the channels as they are otherwise) until at most
-    ``clusters`` remain; returns the merged ``(Y, X)`` ids.
+    in ``image`` ``(Y, X, C)`` (see :func:`_colours_for_merging`) until at most ``clusters`` remain; returns the
+    merged ``(Y, X)`` ids.
 
     Why: the network splits uniform areas into several spatially compact clusters (skin around a lesion),
     and the best-overlap rule (or a user who wants "object vs. rest") needs them joined by what they look
     like, not by the network's responses, which differ between such clusters by design.
     """
-    colours = rgb2lab(image[..., :3]) if image.shape[-1] == 3 else image
-    ids = labels.ravel()
-    q = int(ids.max()) + 1
-    counts = np.bincount(ids, minlength=q).astype(np.float64)
-    sums = np.stack([np.bincount(ids, weights=colours[..., c].ravel(), minlength=q)
-                     for c in range(colours.shape[-1])], axis=1)
-    return _ward_merge(counts, sums / np.maximum(counts, 1)[:, None], min_clusters=clusters)[labels]
+    return _ward_merge(*_mean_colours(labels, _colours_for_merging(image)), min_clusters=clusters)[labels]
+
+
+def _reassign_by_colour(labels: np.ndarray, image: np.ndarray, segments: np.ndarray) -> np.ndarray:
+    """One Lloyd (k-means) step on the regions of ``segments`` ``(Y, X)`` (superpixel ids from 0, or one id
+    per pixel): each region takes the cluster of ``labels`` ``(Y, X)`` whose mean colour (over its pixels,
+    :func:`_colours_for_merging`) is nearest to the region's own mean colour. Returns ``(Y, X)`` ids.
+
+    Why: after a merge down to a few colour groups (lesion and skin), a region the network had put in a
+    cluster with the wrong group (a pale lesion rim sharing a skin cluster) is judged on its own colour.
+    One step, not k-means to convergence: the network's grouping stays the starting point.
+    """
+    colours = _colours_for_merging(image)
+    _, cluster_means = _mean_colours(labels, colours)
+    present = np.flatnonzero(np.bincount(labels.ravel()) > 0)
+    _, region_means = _mean_colours(segments, colours)
+    distances = ((region_means[:, None] - cluster_means[present][None]) ** 2).sum(-1)
+    return present[distances.argmin(1)][segments]
 
 
 def _slic(image: np.ndarray, n_segments: int, compactness: float) -> np.ndarray:
@@ -211,9 +239,9 @@ def _slic(image: np.ndarray, n_segments: int, compactness: float) -> np.ndarray:
     return slic(image, n_segments=n_segments, compactness=compactness, start_label=0, channel_axis=-1)
 
 
-def _superpixel_majority(labels: np.ndarray, image: np.ndarray, n_segments: int, compactness: float) -> np.ndarray:
-    """Each SLIC superpixel of ``image`` ``(Y, X, C)`` takes the most frequent label of ``labels`` ``(Y, X)``."""
-    segments = _slic(image, n_segments, compactness)
+def _superpixel_majority(labels: np.ndarray, segments: np.ndarray) -> np.ndarray:
+    """Each region of ``segments`` ``(Y, X)`` (SLIC superpixel ids from 0, :func:`_slic`) takes the most
+    frequent label of ``labels`` ``(Y, X)``."""
     q = int(labels.max()) + 1
     votes = np.bincount((segments * q + labels).ravel(), minlength=(int(segments.max()) + 1) * q)
     return votes.reshape(-1, q).argmax(1)[segments]
@@ -344,7 +372,7 @@ def predict_clusters(model: ResponseNet, p: FeatureClusteringParams, image: np.n
             labels = tiled_forward(model, x, tile or TILE, overlap=2 * p.conv_layers + 2, reduce=_argmax)[0, 0]
     labels = labels.cpu().numpy()
     if p.refine_superpixels > 0:
-        labels = _superpixel_majority(labels, image, p.refine_superpixels, p.compactness)
+        labels = _superpixel_majority(labels, _slic(image, p.refine_superpixels, p.compactness))
     if p.min_region > 0:
         labels = _merge_small_regions(labels, max(1, round(p.min_region * labels.size)))
     return labels
