@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 from sklearn.metrics import adjusted_rand_score
+from skimage.color import rgb2lab
 
 from napari_selfseg import segment, training
 from napari_selfseg.api import resolve_params
@@ -145,7 +146,7 @@ def test_colour_merge_joins_look_alike_clusters_first():
     assert len(np.unique(_colour_merge(labels, gray, 2))) == 2
 
 
-def test_reassign_by_colour_moves_a_misgrouped_region_to_the_nearer_colour():
+def test_reassign_by_colour_moves_a_misgrouped_region_to_its_colour():
     image = np.zeros((8, 16, 3), dtype=np.float32)
     image[:, :8] = (0.9, 0.1, 0.1)  # red left half
     image[:, 8:] = (0.1, 0.1, 0.9)  # blue right half
@@ -157,7 +158,75 @@ def test_reassign_by_colour_moves_a_misgrouped_region_to_the_nearer_colour():
     pixels = np.arange(labels.size).reshape(labels.shape)  # without superpixels: pixel by pixel
     assert np.array_equal(_reassign_by_colour(labels, image, pixels), out)
     # ids are kept (no renumbering), and a label map that is already right is left as it is
-    assert np.array_equal(_reassign_by_colour(out * 5, image, segments), out * 5)
+    assert np.array_equal(_reassign_by_colour(out * 5, image, segments, steps=3), out * 5)
+
+
+def test_reassign_by_colour_weighs_each_clusters_spread():
+    # wide uniform skin; a lesion that varies from dark to light brown; a light-brown rim grouped with the
+    # skin. The rim's colour is nearer the skin's mean than the lesion's, but it is one of the lesion's colours.
+    skin, dark, light = (0.95, 0.85, 0.75), (0.25, 0.12, 0.05), (0.80, 0.62, 0.48)
+    image = np.empty((4, 120, 3), dtype=np.float32)
+    image[:, :100] = skin
+    image[:, 100:105] = image[:, 110:115] = dark
+    image[:, 105:110] = image[:, 115:] = light  # the lesion's light part, and the rim
+    labels = np.zeros((4, 120), dtype=np.int64)
+    labels[:, 100:115] = 1
+    segments = np.repeat(np.arange(24), 5)[None].repeat(4, 0)
+    lab = rgb2lab(image)
+    skin_mean, lesion_mean = lab[labels == 0].mean(0), lab[labels == 1].mean(0)
+    assert np.linalg.norm(lab[0, -1] - skin_mean) < np.linalg.norm(lab[0, -1] - lesion_mean)  # nearer the skin
+    expected = (np.arange(120) >= 100)[None].repeat(4, 0)
+    assert np.array_equal(_reassign_by_colour(labels, image, segments), expected)
+
+
+def test_reassign_by_colour_refits_the_models_at_every_step():
+    # a gray ramp split too far left: each step refits both models and moves the boundary right
+    image = np.repeat(np.linspace(0, 1, 40)[None, :, None], 2, 0).astype(np.float32)  # (2, 40, 1)
+    labels = np.zeros((2, 40), dtype=np.int64)
+    labels[:, 8:] = 1
+    pixels = np.arange(80).reshape(2, 40)
+    once = _reassign_by_colour(labels, image, pixels, steps=1)
+    twice = _reassign_by_colour(labels, image, pixels, steps=2)
+    assert np.array_equal(twice, _reassign_by_colour(once, image, pixels, steps=1))
+    assert (once != labels).any() and (twice != once).any()
+    settled = _reassign_by_colour(labels, image, pixels, steps=20)
+    assert np.array_equal(_reassign_by_colour(settled, image, pixels, steps=1), settled)  # a fixed point
+
+
+def test_reassign_by_colour_weighs_spread_on_gray_images_too():
+    # gray: uniform light background, a body that varies from dark to mid-gray, a mid-gray rim grouped with
+    # the background though nearer its mean
+    image = np.empty((4, 120, 1), dtype=np.float32)
+    image[:, :100] = 0.9
+    image[:, 100:105] = image[:, 110:115] = 0.1
+    image[:, 105:110] = image[:, 115:] = 0.6
+    labels = np.zeros((4, 120), dtype=np.int64)
+    labels[:, 100:115] = 1
+    segments = np.repeat(np.arange(24), 5)[None].repeat(4, 0)
+    expected = (np.arange(120) >= 100)[None].repeat(4, 0)
+    assert np.array_equal(_reassign_by_colour(labels, image, segments), expected)
+
+
+def test_predict_regroups_the_final_superpixels(regions, monkeypatch):
+    from napari_selfseg.methods import sgscn
+
+    calls = []
+    real = sgscn._reassign_by_colour
+
+    def spy(labels, image, segments, steps):
+        calls.append((segments, steps))
+        return real(labels, image, segments, steps)
+
+    monkeypatch.setattr(sgscn, "_reassign_by_colour", spy)
+    image, truth = regions
+    segment(image, "sgscn", seed=0, merge_colours=2, reassign_steps=3, **FAST)
+    segments, steps = calls[-1]
+    assert steps == 3 and segments.shape == truth.shape and segments.max() + 1 < truth.size / 2  # superpixels
+    segment(image, "sgscn", seed=0, merge_colours=2, reassign_steps=1, refine_superpixels=0, **FAST)
+    assert np.array_equal(calls[-1][0].ravel(), np.arange(truth.size))  # no superpixels: pixel by pixel
+    calls.clear()
+    segment(image, "sgscn", seed=0, merge_colours=2, **FAST)
+    assert not calls  # off by default
 
 
 def test_merge_by_colour_caps_the_final_cluster_count(regions):
@@ -166,9 +235,6 @@ def test_merge_by_colour_caps_the_final_cluster_count(regions):
     assert len(np.unique(labels)) == 2
     # the merge only joins whole clusters: each true region still lies in one final cluster
     assert all(len(np.unique(labels[truth == t])) == 1 for t in range(4))
-    reassigned = segment(image, "sgscn", seed=0, min_labels=4, merge_colours=2, reassign_by_colour=True, **FAST)
-    assert len(np.unique(reassigned)) == 2
-    assert all(len(np.unique(reassigned[truth == t])) == 1 for t in range(4))
 
 
 def test_paper_preset_and_method():
@@ -178,7 +244,7 @@ def test_paper_preset_and_method():
     assert p.consistency_weighting == "clusters"
     assert METHOD.id == "sgscn" and set(METHOD.presets) == {"interactive", "lesion", "paper"}
     lesion = resolve_params("sgscn", "lesion")
-    assert (lesion.merge_colours, lesion.reassign_by_colour, lesion.border_components) == (2, True, True)
+    assert (lesion.merge_colours, lesion.reassign_steps, lesion.border_components) == (2, 4, True)
 
 
 def test_ph2_lesion_beats_a_coin(data_dir):

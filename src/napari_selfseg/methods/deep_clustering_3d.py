@@ -43,6 +43,7 @@ from scipy import sparse
 from scipy.sparse.csgraph import connected_components
 
 from ..engine import Method, StopRules, TrainContext
+from ..gaussians import log_likelihood
 from ..imageprep import InputError, prepare_stack
 from ..labelmaps import resize_labels
 from ..losses import prototype_cross_entropy, weighted_triplet
@@ -385,9 +386,7 @@ def refine_labels(grid: np.ndarray, image: np.ndarray, mask: np.ndarray, stride:
                 continue
             mean = members.mean(0)
             cov = np.atleast_2d(np.cov(members.T)) + 1e-6 * np.eye(x.shape[1])
-            d = x - mean
-            log_p = (-0.5 * np.einsum("ij,jk,ik->i", d, np.linalg.inv(cov), d)
-                     - 0.5 * np.linalg.slogdet(cov)[1] + np.log(len(members) / len(x)))
+            log_p = log_likelihood(x, mean, cov) + np.log(len(members) / len(x))
             score[:, j] = np.where(allowed[:, j], log_p, -np.inf)
         # a voxel whose nearby clusters all have too few voxels for a model keeps its cluster
         update = np.where(np.isfinite(score.max(1)), score.argmax(1), current)

@@ -33,6 +33,7 @@ from skimage.measure import label as connected_components
 from skimage.segmentation import slic
 
 from ..engine import Method, StopRules, TrainContext
+from ..gaussians import log_likelihood
 from ..losses import self_label_cross_entropy, spatial_continuity
 from ..nn import ResponseNet
 from ..params import param
@@ -186,9 +187,12 @@ def _ward_merge(counts: np.ndarray, means: np.ndarray, max_cost: float = np.inf,
 
 
 def _colours_for_merging(image: np.ndarray) -> np.ndarray:
-    """The colours clusters are merged by: CIE Lab ``(Y, X, 3)`` of an RGB ``(Y, X, 3)`` image in [0, 1], the
-    channels as they are otherwise."""
-    return rgb2lab(image[..., :3]) if image.shape[-1] == 3 else image
+    """The colours clusters are merged and regrouped by, ``(Y, X, C)`` float64 of a ``(Y, X, C)`` image in
+    [0, 1]: CIE Lab for RGB (L from 0 to 100); other channels (gray) times 100, so that they are on the same
+    scale and :func:`_colour_gaussians`' ridge means the same for both."""
+    if image.shape[-1] == 3:
+        return rgb2lab(image[..., :3])
+    return image.astype(np.float64) * 100.0
 
 
 def _mean_colours(ids: np.ndarray, colours: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -214,21 +218,44 @@ def _colour_merge(labels: np.ndarray, image: np.ndarray, clusters: int) -> np.nd
     return _ward_merge(*_mean_colours(labels, _colours_for_merging(image)), min_clusters=clusters)[labels]
 
 
-def _reassign_by_colour(labels: np.ndarray, image: np.ndarray, segments: np.ndarray) -> np.ndarray:
-    """One Lloyd (k-means) step on the regions of ``segments`` ``(Y, X)`` (superpixel ids from 0, or one id
-    per pixel): each region takes the cluster of ``labels`` ``(Y, X)`` whose mean colour (over its pixels,
-    :func:`_colours_for_merging`) is nearest to the region's own mean colour. Returns ``(Y, X)`` ids.
+def _colour_gaussians(ids: np.ndarray, colours: np.ndarray,
+                      ridge: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pixel counts ``(q,)``, mean colours ``(q, C)`` and colour covariances ``(q, C, C)`` of the ids
+    ``(Y, X)`` (from 0) in ``colours`` ``(Y, X, C)``; ``ridge`` (colour units squared) is added to every
+    diagonal, so a uniform or one-pixel cluster still has an invertible covariance."""
+    counts, means = _mean_colours(ids, colours)
+    flat, c = ids.ravel(), colours.shape[-1]
+    pixels = colours.reshape(-1, c)
+    second = np.stack([np.bincount(flat, weights=pixels[:, i] * pixels[:, j], minlength=len(counts))
+                       for i in range(c) for j in range(c)], axis=1).reshape(-1, c, c)
+    covariances = second / np.maximum(counts, 1)[:, None, None] - means[:, :, None] * means[:, None, :]
+    return counts, means, covariances + ridge * np.eye(c)
+
+
+def _reassign_by_colour(labels: np.ndarray, image: np.ndarray, segments: np.ndarray, steps: int = 1) -> np.ndarray:
+    """Regroup the regions of ``segments`` ``(Y, X)`` (superpixel ids from 0, or one id per pixel) among the
+    clusters of ``labels`` ``(Y, X)`` by colour: each cluster is a Gaussian over its pixels' colours
+    (:func:`_colours_for_merging`: mean and full covariance), and each region joins the cluster under
+    which its own mean colour is most likely (equal priors). Repeated ``steps`` times (classification EM
+    started from ``labels``); returns ``(Y, X)`` ids, a subset of those of ``labels``.
 
     Why: after a merge down to a few colour groups (lesion and skin), a region the network had put in a
     cluster with the wrong group (a pale lesion rim sharing a skin cluster) is judged on its own colour.
-    One step, not k-means to convergence: the network's grouping stays the starting point.
+    A cluster's own spread counts: skin is uniform, a lesion varies, so lighter lesion areas stay with the
+    lesion where a nearest-mean rule would give them to the skin. Equal priors, because a prior by size
+    favours the larger group (the skin) and took part of the lesions back in our tests.
     """
     colours = _colours_for_merging(image)
-    _, cluster_means = _mean_colours(labels, colours)
-    present = np.flatnonzero(np.bincount(labels.ravel()) > 0)
     _, region_means = _mean_colours(segments, colours)
-    distances = ((region_means[:, None] - cluster_means[present][None]) ** 2).sum(-1)
-    return present[distances.argmin(1)][segments]
+    for _ in range(steps):
+        counts, means, covariances = _colour_gaussians(labels, colours)
+        present = np.flatnonzero(counts > 0)
+        fit = np.stack([log_likelihood(region_means, means[k], covariances[k]) for k in present], axis=1)
+        regrouped = present[fit.argmax(1)][segments]
+        if np.array_equal(regrouped, labels):  # converged: further steps would change nothing
+            break
+        labels = regrouped
+    return labels
 
 
 def _slic(image: np.ndarray, n_segments: int, compactness: float) -> np.ndarray:
