@@ -209,8 +209,8 @@ class SGSCNModel:
         if p.merge_colours > 0:
             labels = _colour_merge(labels, image, p.merge_colours)
         if p.reassign_steps > 0:
-            pixels = np.arange(labels.size).reshape(labels.shape)
-            labels = _reassign_by_colour(labels, image, pixels if segments is None else segments, p.reassign_steps)
+            regions = segments if segments is not None else np.arange(labels.size).reshape(labels.shape)
+            labels = _reassign_by_colour(labels, image, regions, p.reassign_steps)
         if p.min_region > 0:
             labels = _merge_small_regions(labels, max(1, round(p.min_region * labels.size)))
         return labels
