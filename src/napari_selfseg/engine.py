@@ -163,6 +163,8 @@ class Method:
     # None = the engine's percentile normalisation
     prepare: Callable[[np.ndarray, Any, bool | None], np.ndarray] | None = None
     load: Callable[[Any, dict, torch.device], Predictor] | None = None  # (params, state_dict, device)
+    # parameters added after models were first saved -> the value that older models behave as
+    older_models: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def trains_network(self) -> bool:

@@ -96,3 +96,63 @@ def test_out_of_gpu_memory_in_the_final_pass_retries_in_smaller_tiles(monkeypatc
     run = training(image, "feature-clustering", rgb=True, max_fps=0, **FAST)
     assert np.array_equal(run.run().labels, expected)
     assert run.trainer.tile == 256 and run.notices.count("out of GPU memory: labelling with smaller tiles") == 2
+
+
+def _disc_image(size: int = 64, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A noisy RGB ``(size, size, 3)`` float image in [0, 1]: a dark disc (truth 1) on a light ground."""
+    yy, xx = np.mgrid[:size, :size]
+    disc = (yy - size / 2.3) ** 2 + (xx - size / 1.8) ** 2 < (size / 4) ** 2
+    image = np.where(disc[..., None], [0.2, 0.1, 0.3], [0.9, 0.8, 0.6])
+    image = image + np.random.default_rng(seed).normal(0, 0.02, image.shape)
+    return np.clip(image, 0, 1), disc
+
+
+@pytest.mark.parametrize("channels", [3, 1])
+def test_watershed_superpixels_follow_a_curved_edge(channels):
+    from napari_selfseg.methods.feature_clustering import _watershed_superpixels
+
+    image, disc = _disc_image()
+    image = image if channels == 3 else image[..., :1]
+    segments = _watershed_superpixels(image, 100)
+    assert segments.shape == disc.shape and segments.min() == 0
+    assert 50 <= segments.max() + 1 <= 150  # about as many as asked for
+
+    def mixed_pixels(seg):  # pixels on the minority side of their superpixel's edge
+        inside = np.bincount(seg.ravel(), weights=disc.ravel())
+        size = np.bincount(seg.ravel())
+        return int(np.minimum(inside, size - inside).sum())
+
+    assert mixed_pixels(segments) <= 2  # the outline's ~100 pixels: superpixels do not straddle it
+    grid = (np.arange(64)[:, None] // 6) * 11 + np.arange(64)[None] // 6
+    assert mixed_pixels(grid) > 50  # as cells that ignore the image do
+
+
+def test_final_map_refined_by_watershed_or_slic(monkeypatch, regions):
+    from napari_selfseg.methods import feature_clustering as fc
+
+    image, truth = regions
+    used = []
+    for name in ("_watershed_superpixels", "_slic"):
+        real = getattr(fc, name)
+        monkeypatch.setattr(fc, name, lambda *a, _real=real, _name=name: used.append(_name) or _real(*a))
+    for method in ("watershed", "slic"):
+        labels = segment(image, seed=0, refine_method=method, refine_superpixels=200, **FAST)
+        assert labels.shape == truth.shape and adjusted_rand_score(truth.ravel(), labels.ravel()) > 0.9
+    assert used == ["_watershed_superpixels", "_slic"]
+
+
+def test_models_saved_before_refine_method_keep_slic(tmp_path, regions):
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from napari_selfseg import api
+    from napari_selfseg.bundle import load_model, read_record, save_model
+
+    image, _ = regions
+    path = save_model(api.train(image, "feature-clustering", max_iterations=5, channels=8), tmp_path / "m")
+    assert load_model(path, "cpu").params.refine_method == "watershed"
+    record = read_record(path)
+    del record["params"]["refine_method"]  # as an older version wrote it
+    save_file(load_file(str(path)), str(path), metadata={"napari_selfseg": json.dumps(record)})
+    assert load_model(path, "cpu").params.refine_method == "slic"
