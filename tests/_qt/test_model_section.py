@@ -126,3 +126,19 @@ def test_lazy_and_multiscale_layers_are_read_plane_by_plane(trained, qtbot):
     labels = trained.viewer.layers["pyramid feature clustering"].data
     assert labels.shape == (48, 48)  # the full-resolution level
     assert np.array_equal(labels, trained.training.predict(rgb, rgb=True))
+
+
+def test_loading_an_older_model_shows_the_settings_it_runs_with(trained, tmp_path):
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from napari_selfseg.bundle import read_record
+
+    path = trained.model_section.save(tmp_path / "old")
+    record = read_record(path)
+    del record["params"]["refine_method"]  # as a version before that parameter wrote it
+    save_file(load_file(str(path)), str(path), metadata={"napari_selfseg": json.dumps(record)})
+    assert trained.form.values().refine_method == "watershed"
+    trained.model_section.load(path)
+    assert trained.form.values().refine_method == "slic" == trained.model_section.model.params.refine_method

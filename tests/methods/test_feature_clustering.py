@@ -5,6 +5,7 @@ from sklearn.metrics import adjusted_rand_score
 
 from napari_selfseg import segment, training
 from napari_selfseg.api import resolve_params
+from napari_selfseg.imageprep import prepare_image
 
 FAST = dict(channels=16, scale=1.0, max_iterations=60, threads=1)
 
@@ -139,6 +140,10 @@ def test_final_map_refined_by_watershed_or_slic(monkeypatch, regions):
         labels = segment(image, seed=0, refine_method=method, refine_superpixels=200, **FAST)
         assert labels.shape == truth.shape and adjusted_rand_score(truth.ravel(), labels.ravel()) > 0.9
     assert used == ["_watershed_superpixels", "_slic"]
+    # the final map is the majority vote: one label per superpixel
+    segments = fc._watershed_superpixels(prepare_image(image, rgb=True), 200)
+    labels = segment(image, seed=0, refine_superpixels=200, **FAST)
+    assert all(len(np.unique(labels[segments == s])) == 1 for s in np.unique(segments))
 
 
 def test_models_saved_before_refine_method_keep_slic(tmp_path, regions):

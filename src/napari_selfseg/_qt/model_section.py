@@ -3,6 +3,7 @@ slice, every slice, every time point, another layer or a folder of files. Work r
 writes finished planes into Labels layers."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Callable
 
@@ -124,7 +125,9 @@ class ModelSection(QWidget):
         if model.method.id != self.panel.method.id:
             return self._error(f"{Path(path).name} is a {model.method.title} model; open that panel to use it")
         self.model = model
-        self.panel.form.set_values({k: v for k, v in model.record["params"].items() if k in self.panel.form.widgets})
+        # the parameters the model runs with (an older model's record may lack a newer one: Method.older_models)
+        params = dataclasses.asdict(model.params)
+        self.panel.form.set_values({k: v for k, v in params.items() if k in self.panel.form.widgets})
         self.status.setText(f"Loaded {Path(path).name} (trained on data of shape {model.record.get('data_shape')})")
         self.refresh()
         return model

@@ -95,9 +95,9 @@ class FeatureClusteringParams(PostprocessParams):
                                     help="Final map: give each of about this many full-resolution superpixels its "
                                          "majority label (0 = off); snaps boundaries to image edges")
     refine_method: str = param("watershed", choices=("watershed", "slic"), live=False, label="superpixels by",
-                               help="Final map's superpixels: watershed of the colour gradient from a regular grid "
-                                    "of seeds (follow edges, small where the image is detailed) or SLIC (compact, "
-                                    "regular; see compactness)")
+                               help="Final map's superpixels: watershed of the colour (or gray) gradient from a "
+                                    "regular grid of seeds (follow edges, small where the image is detailed) or SLIC "
+                                    "(compact, regular; see compactness)")
 
 
 PRESETS = {
