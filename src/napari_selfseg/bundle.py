@@ -110,8 +110,7 @@ def load_model(path: str | Path, device: str = "auto") -> Model:
     if method.load is None:
         raise InputError(f"{path}: method {method.id} has no network to load")
     try:
-        saved = {k: v for k, v in record["params"].items() if k in method.params.__dataclass_fields__}
-        params = make_params(method.params, {**method.older_models, **saved})
+        params = make_params(method.params, method.saved_values(record["params"]))
     except ValueError as err:  # edited, or written by a version with other ranges
         raise InputError(f"{path}: its parameters do not fit {method.id} ({err})") from None
     dev = resolve_device(device)

@@ -163,8 +163,15 @@ class Method:
     # None = the engine's percentile normalisation
     prepare: Callable[[np.ndarray, Any, bool | None], np.ndarray] | None = None
     load: Callable[[Any, dict, torch.device], Predictor] | None = None  # (params, state_dict, device)
-    # parameters added after models were first saved -> the value that older models behave as
-    older_models: Mapping[str, Any] = field(default_factory=dict)
+    # parameters added after a release -> the value that settings and models saved before them behave as
+    older_defaults: Mapping[str, Any] = field(default_factory=dict)
+
+    def saved_values(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """Parameter values saved earlier (a model bundle's record, a panel's remembered settings): the
+        ones this version knows, plus :attr:`older_defaults` for parameters added since, so that an older
+        save runs as it did rather than with today's defaults. Nothing saved gives an empty dict."""
+        known = {k: v for k, v in values.items() if k in self.params.__dataclass_fields__}
+        return {**self.older_defaults, **known} if known else {}
 
     @property
     def trains_network(self) -> bool:

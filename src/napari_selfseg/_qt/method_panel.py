@@ -206,8 +206,9 @@ class MethodPanel(QWidget):
 
     # -- parameters -----------------------------------------------------------------------------
     def _restore_settings(self) -> None:
-        """Start from the values the user last trained with (invalid or outdated entries are skipped)."""
-        for name, value in load_settings(self.method.id).items():
+        """Start from the values the user last trained with (invalid or outdated entries are skipped;
+        parameters added since take the value those settings ran with, see Method.saved_values)."""
+        for name, value in self.method.saved_values(load_settings(self.method.id)).items():
             if name in self.form.widgets:
                 try:
                     self.form.set_values({name: value})

@@ -125,7 +125,7 @@ class ModelSection(QWidget):
         if model.method.id != self.panel.method.id:
             return self._error(f"{Path(path).name} is a {model.method.title} model; open that panel to use it")
         self.model = model
-        # the parameters the model runs with (an older model's record may lack a newer one: Method.older_models)
+        # the parameters the model runs with (an older model's record may lack a newer one: Method.saved_values)
         params = dataclasses.asdict(model.params)
         self.panel.form.set_values({k: v for k, v in params.items() if k in self.panel.form.widgets})
         self.status.setText(f"Loaded {Path(path).name} (trained on data of shape {model.record.get('data_shape')})")

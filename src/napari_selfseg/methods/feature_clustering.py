@@ -465,5 +465,5 @@ METHOD = Method(
     stop_rules=_stop_rules,
     presets=PRESETS,
     load=FeatureClusteringModel,
-    older_models={"refine_method": "slic"},  # saved before refine_method existed: SLIC
+    older_defaults={"refine_method": "slic"},  # saved before refine_method existed: SLIC
 )
