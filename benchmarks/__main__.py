@@ -59,8 +59,18 @@ def _method_params(methods, assignments):
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if "NAPARI_SELFSEG_CONFIG" in os.environ:
+        return _run(argv)
     # panels start from the methods' defaults, not from what the user last trained with, and leave that alone
-    os.environ.setdefault("NAPARI_SELFSEG_CONFIG", tempfile.mkdtemp(prefix="selfseg-benchmark-settings-"))
+    with tempfile.TemporaryDirectory(prefix="selfseg-benchmark-settings-") as config:
+        os.environ["NAPARI_SELFSEG_CONFIG"] = config
+        try:
+            return _run(argv)
+        finally:
+            del os.environ["NAPARI_SELFSEG_CONFIG"]
+
+
+def _run(argv: list[str]) -> int:
     if argv and argv[0] not in ("quality", "speed", "-h", "--help"):
         import importlib
 

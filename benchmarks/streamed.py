@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 
 
 def main(method: str, iterations: int, device: str) -> dict:
@@ -13,6 +14,7 @@ def main(method: str, iterations: int, device: str) -> dict:
     from qtpy.QtCore import QEventLoop
 
     from napari_selfseg._qt.method_panel import MethodPanel
+    from napari_selfseg.engine import warm_up
     from napari_selfseg.methods import get_method
 
     from .speed import speed_image
@@ -25,15 +27,17 @@ def main(method: str, iterations: int, device: str) -> dict:
     viewer.window.add_dock_widget(panel)
     panel.device_box.value = device if device in panel.device_box.choices else "auto"
     panel.form.set_values({"max_iterations": iterations, "min_labels": 1})
-    frames = []
+    frames, arrivals = [], []
     loop = QEventLoop()  # a real event loop, idle in C++ like napari's own, not a Python polling loop
+    warm_up()  # what the panel started when it opened, finished as it would be by the time a user presses Train
+    pressed = time.perf_counter()
     panel.start()
-    panel.worker.yielded.connect(frames.append)
+    panel.worker.yielded.connect(lambda frame: (frames.append(frame), arrivals.append(time.perf_counter())))
     panel.worker.finished.connect(loop.quit)
     loop.exec()
     last = frames[-1]
     viewer.close()
-    return {"rate": last.iteration / last.elapsed, "frames": len(frames)}
+    return {"rate": last.iteration / last.elapsed, "frames": len(frames), "first": arrivals[0] - pressed}
 
 
 if __name__ == "__main__":

@@ -178,3 +178,17 @@ def test_min_clusters_slider_acts_on_a_running_training(regions):
     run.update(min_labels=100)  # more clusters than exist: the next check stops the run
     last = list(frames)[-1]
     assert last.final and last.stop_reason == "min clusters" and last.iteration < 50
+
+
+def test_warm_up_draws_no_random_numbers_and_runs_once(monkeypatch):
+    """The panel warms torch up in a background thread: it must not shift a seeded training's initialisation."""
+    from napari_selfseg import engine
+
+    monkeypatch.setattr(engine, "_warm", threading.Event())  # as in a fresh process
+    torch.manual_seed(0)
+    expected = torch.rand(4)
+    torch.manual_seed(0)
+    thread = engine.start_warm_up()
+    thread.join(30)
+    assert torch.equal(torch.rand(4), expected)
+    assert engine.start_warm_up() is None  # warmed: later panels start no thread

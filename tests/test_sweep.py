@@ -32,7 +32,7 @@ def test_values_are_parsed_to_the_parameter_type():
 
 def test_each_setting_gives_its_own_labels(regions):
     image, _ = regions
-    base = make_params(FC.params, {"channels": 8, "max_iterations": 10, "min_labels": 1})
+    base = make_params(FC.params, {"channels": 8, "max_iterations": 10, "min_labels": 1, "start_steps": 0})
     combos = sweep_settings(FC, base, {"mu": [0.5, 5.0]})
     results = list(run_sweep(FC, image, base, combos, device="cpu"))
     assert [c for c, _ in results] == combos

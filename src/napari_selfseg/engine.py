@@ -47,6 +47,37 @@ def default_threads() -> int:
     return max(1, min(4, (os.cpu_count() or 2) // 2))
 
 
+_warm = threading.Event()
+
+
+def warm_up() -> None:
+    """Pay torch's one-time costs of a first training step now rather than at the user's first Train.
+
+    Why: the first optimiser a process builds imports ``torch._dynamo`` (about 1.3 s on a 2-core CPU, the
+    larger part of a cold first frame), and the first convolution and backward pass set up their kernels.
+    A panel calls this in a background thread when it opens. Uses no random numbers, so a concurrent
+    training's seeded initialisation is untouched; later calls return at once.
+    """
+    if _warm.is_set():
+        return
+    weight = torch.zeros((1, 1, 3, 3), requires_grad=True)
+    optimiser = torch.optim.SGD([weight], lr=0.1, momentum=0.9)
+    x = torch.ones((1, 1, 8, 8))
+    torch.nn.functional.batch_norm(torch.nn.functional.conv2d(x, weight, padding=1), None, None,
+                                   training=True).sum().backward()
+    optimiser.step()
+    _warm.set()
+
+
+def start_warm_up() -> threading.Thread | None:
+    """:func:`warm_up` in a daemon thread (None when already done), for a GUI that must not wait on it."""
+    if _warm.is_set():
+        return None
+    thread = threading.Thread(target=warm_up, name="napari-selfseg warm-up", daemon=True)
+    thread.start()
+    return thread
+
+
 @dataclass
 class StopRules:
     """When training ends by itself; ``None`` / 0 switches a rule off."""

@@ -6,6 +6,7 @@ import pytest
 from qtpy.QtCore import QThreadPool
 
 from napari_selfseg._qt import FeatureClusteringPanel
+from napari_selfseg.methods.feature_clustering import FeatureClusteringParams
 
 from ..conftest import regions_image
 
@@ -164,8 +165,9 @@ def test_settings_persist_between_sessions_until_restored(panel, qtbot, make_nap
     again = FeatureClusteringPanel(make_napari_viewer())
     assert again.form.values().mu == 3.5  # remembered from the last training
     again.restore_defaults()
-    assert again.form.values().mu == 1.0
-    assert FeatureClusteringPanel(make_napari_viewer()).form.values().mu == 1.0  # forgotten
+    default = FeatureClusteringParams().mu
+    assert default != 3.5 and again.form.values().mu == default
+    assert FeatureClusteringPanel(make_napari_viewer()).form.values().mu == default  # forgotten
 
 
 def test_sweep_shows_results_side_by_side_and_keeps_one(panel, qtbot):
@@ -236,10 +238,10 @@ def test_frame_rate_follows_the_drawing_cost(panel, qtbot):
 def test_settings_remembered_by_an_older_version_run_as_they_did(make_napari_viewer):
     from napari_selfseg._qt.settings import load_settings, save_settings
 
-    remembered = {"mu": 0.7, "refine_superpixels": 1000}  # saved before refine_method existed
+    remembered = {"mu": 0.7, "refine_superpixels": 1000}  # saved before refine_method and start_steps existed
     save_settings("feature-clustering", remembered)
     values = FeatureClusteringPanel(make_napari_viewer()).form.values()
-    assert (values.mu, values.refine_superpixels, values.refine_method) == (0.7, 1000, "slic")
+    assert (values.mu, values.refine_superpixels, values.refine_method, values.start_steps) == (0.7, 1000, "slic", 0)
     save_settings("feature-clustering", None)
     assert load_settings("feature-clustering") == {}
     assert FeatureClusteringPanel(make_napari_viewer()).form.values().refine_method == "watershed"  # fresh start

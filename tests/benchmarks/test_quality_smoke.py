@@ -1,4 +1,6 @@
 """`python -m benchmarks quality --quick` completes and gives scores in range (skips without data)."""
+import os
+
 import numpy as np
 import pytest
 
@@ -24,6 +26,19 @@ def test_command_skips_absent_data_cleanly(monkeypatch, capsys):
     monkeypatch.setattr(datasets, "available", lambda name: False)
     assert main(["quality", "--quick", "--data", "ph2"]) == 0
     assert "skip ph2" in capsys.readouterr().err
+
+
+def test_command_uses_a_throwaway_settings_folder_and_removes_it(monkeypatch, tmp_path):
+    """Panels in a benchmark start from the defaults, without touching (or littering) the user's settings."""
+    import tempfile
+
+    monkeypatch.delenv("NAPARI_SELFSEG_CONFIG", raising=False)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    seen = []
+    monkeypatch.setattr(datasets, "available", lambda name: seen.append(os.environ["NAPARI_SELFSEG_CONFIG"]))
+    assert main(["quality", "--quick", "--data", "ph2"]) == 0
+    assert seen and seen[0].startswith(str(tmp_path))
+    assert "NAPARI_SELFSEG_CONFIG" not in os.environ and not list(tmp_path.iterdir())
 
 
 def test_write_section_replaces_only_its_block(tmp_path):

@@ -12,7 +12,7 @@ FAST = dict(channels=16, scale=1.0, max_iterations=60, threads=1)
 
 def test_converges_on_known_regions(regions):
     image, truth = regions
-    labels = segment(image, "feature-clustering", seed=0, min_labels=4, mu=5.0, **FAST)
+    labels = segment(image, "feature-clustering", seed=0, min_labels=4, mu=5.0, start_steps=0, **FAST)
     assert labels.shape == truth.shape
     assert adjusted_rand_score(truth.ravel(), labels.ravel()) > 0.9
 
@@ -62,6 +62,27 @@ def test_live_update_changes_the_loss_weights(regions):
     run.update(mu=0.0, theta=0.0)
     assert next(frames).params["mu"] == 0.0
     run.cancel()
+
+
+def test_start_mu_acts_for_the_first_start_steps_then_mu(regions):
+    """The schedule is the same training as moving the mu slider at step start_steps (bit-identical on CPU)."""
+    image, _ = regions
+    run = dict(seed=1, threads=1, channels=8, max_iterations=12, min_labels=1, refine_superpixels=0)
+    scheduled = segment(image, mu_start=4.0, mu=0.1, start_steps=5, **run)
+    live = training(image, mu=4.0, start_steps=0, max_fps=1e9, **run)
+    for frame in live.snapshots():
+        if frame.iteration == 5:
+            live.update(mu=0.1)
+    assert same_partition(scheduled, frame.labels)  # ids may differ: frames keep the streamed ids
+    constant = segment(image, mu_start=4.0, mu=0.1, start_steps=0, **run)  # start_steps 0: mu throughout
+    assert not same_partition(constant, scheduled)
+    assert np.array_equal(constant, segment(image, mu_start=0.0, mu=0.1, start_steps=0, **run))
+
+
+def same_partition(a, b):
+    """The two label maps split the image into the same regions, whatever their ids."""
+    pairs = np.unique(np.stack([a.ravel(), b.ravel()]), axis=1).shape[1]
+    return pairs == len(np.unique(a)) == len(np.unique(b))
 
 
 def test_paper_preset():
@@ -146,7 +167,7 @@ def test_final_map_refined_by_watershed_or_slic(monkeypatch, regions):
     assert all(len(np.unique(labels[segments == s])) == 1 for s in np.unique(segments))
 
 
-def test_models_saved_before_refine_method_keep_slic(tmp_path, regions):
+def test_models_saved_by_older_versions_keep_their_settings(tmp_path, regions):
     import json
 
     from safetensors.torch import load_file, save_file
@@ -158,6 +179,7 @@ def test_models_saved_before_refine_method_keep_slic(tmp_path, regions):
     path = save_model(api.train(image, "feature-clustering", max_iterations=5, channels=8), tmp_path / "m")
     assert load_model(path, "cpu").params.refine_method == "watershed"
     record = read_record(path)
-    del record["params"]["refine_method"]  # as an older version wrote it
+    del record["params"]["refine_method"], record["params"]["start_steps"]  # as an older version wrote it
     save_file(load_file(str(path)), str(path), metadata={"napari_selfseg": json.dumps(record)})
-    assert load_model(path, "cpu").params.refine_method == "slic"
+    params = load_model(path, "cpu").params
+    assert params.refine_method == "slic" and params.start_steps == 0  # one spatial weight, as it trained

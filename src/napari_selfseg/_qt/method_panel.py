@@ -20,7 +20,7 @@ from superqt import QCollapsible
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QPushButton, QScrollArea, QSizePolicy, QVBoxLayout, QWidget
 
 from .. import api
-from ..engine import Method, Snapshot, Training, resolve_device
+from ..engine import Method, Snapshot, Training, resolve_device, start_warm_up
 from ..imageprep import InputError, as_uint8
 from ..labelmaps import ground_truth
 from .frame_pacer import FramePacer
@@ -76,6 +76,7 @@ class MethodPanel(QWidget):
         self._restore_settings()
         self._connect_viewer()
         self._set_running(False)
+        start_warm_up()  # torch's one-time costs, paid while the user picks a layer rather than at Train
 
     # -- construction ---------------------------------------------------------------------------
     def _build(self) -> None:
