@@ -120,9 +120,9 @@ PRESETS = {
     # the SLIC settings, used only when superpixels is switched on, are those of Kanezaki's reference code.
     "paper": {"theta": 1.0, "mu": 1.0, "start_steps": 0, "min_labels": 3, "max_iterations": 1000,
               "channels": 100, "conv_layers": 2, "scale": 1.0, "train_pixels": 0, "learning_rate": 0.1,
-              "batch_norm": True, "superpixels": False, "n_superpixels": 10000, "compactness": 100.0, "colour_space": "rgb",
-              "coordinates": 0.0, "min_region": 0.0, "merge_cost": 0.0, "refine_superpixels": 0,
-              "refine_method": "slic"},
+              "batch_norm": True, "superpixels": False, "n_superpixels": 10000, "compactness": 100.0,
+              "colour_space": "rgb", "coordinates": 0.0, "min_region": 0.0, "merge_cost": 0.0,
+              "refine_superpixels": 0, "refine_method": "slic"},
 }
 
 
@@ -346,7 +346,7 @@ class FeatureClusteringTrainer:
         self.scribbles, self.scribble_mask = self._scribbles(h, w)
         self.target = torch.zeros((1, h, w), dtype=torch.long, device=ctx.device)
         self.tile = TILE  # pixels per tile side of full-resolution passes; halved after an out-of-memory
-        self.steps = 0  # taken so far: the spatial weight is mu_start for the first start_steps
+        self.iteration = 0  # steps taken: the spatial weight is mu_start for the first start_steps
 
     def reduce_memory(self) -> bool:
         """Halve the full-resolution tile (down to 128 px); False when it cannot shrink further."""
@@ -396,8 +396,8 @@ class FeatureClusteringTrainer:
         free = None if self.scribble_mask is None else ~self.scribble_mask
         similarity = self_label_cross_entropy(response, target, free)
         continuity = spatial_continuity(response)
-        mu = p.mu_start if self.steps < p.start_steps else p.mu
-        self.steps += 1
+        mu = p.mu_start if self.iteration < p.start_steps else p.mu
+        self.iteration += 1
         loss = p.theta * similarity + mu * continuity
         losses = {"similarity": similarity.detach(), "continuity": continuity.detach()}
         if self.scribbles is not None:
