@@ -238,10 +238,11 @@ def test_frame_rate_follows_the_drawing_cost(panel, qtbot):
 def test_settings_remembered_by_an_older_version_run_as_they_did(make_napari_viewer):
     from napari_selfseg._qt.settings import load_settings, save_settings
 
-    remembered = {"mu": 0.7, "refine_superpixels": 1000}  # saved before refine_method and start_steps existed
+    remembered = {"mu": 0.7, "refine_superpixels": 1000}  # saved before refine_method etc. existed
     save_settings("feature-clustering", remembered)
     values = FeatureClusteringPanel(make_napari_viewer()).form.values()
     assert (values.mu, values.refine_superpixels, values.refine_method, values.start_steps) == (0.7, 1000, "slic", 0)
+    assert values.merge_regions == 0
     save_settings("feature-clustering", None)
     assert load_settings("feature-clustering") == {}
     assert FeatureClusteringPanel(make_napari_viewer()).form.values().refine_method == "watershed"  # fresh start

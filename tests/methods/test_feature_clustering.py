@@ -179,7 +179,56 @@ def test_models_saved_by_older_versions_keep_their_settings(tmp_path, regions):
     path = save_model(api.train(image, "feature-clustering", max_iterations=5, channels=8), tmp_path / "m")
     assert load_model(path, "cpu").params.refine_method == "watershed"
     record = read_record(path)
-    del record["params"]["refine_method"], record["params"]["start_steps"]  # as an older version wrote it
+    for name in ("refine_method", "start_steps", "merge_regions"):  # as an older version wrote it
+        del record["params"][name]
     save_file(load_file(str(path)), str(path), metadata={"napari_selfseg": json.dumps(record)})
     params = load_model(path, "cpu").params
     assert params.refine_method == "slic" and params.start_steps == 0  # one spatial weight, as it trained
+    assert params.merge_regions == 0  # and its final map is not merged by colour
+
+
+def _two_tone_scene():
+    """``(40, 60, 3)`` image: a left and a right half of nearly the same gray (Lab difference 1.0) holding
+    a distinct red square, and a blue square that touches nothing of its own colour."""
+    image = np.full((40, 60, 3), 0.50)
+    image[:, 30:] = 0.51
+    image[10:20, 10:20] = (0.9, 0.1, 0.1)
+    image[25:35, 45:55] = (0.1, 0.1, 0.9)
+    labels = np.zeros((40, 60), dtype=np.int64)
+    labels[:, 30:] = 1  # the halves as two clusters, as the network often splits a uniform area
+    labels[10:20, 10:20] = 2
+    labels[25:35, 45:55] = 3
+    return image, labels
+
+
+def test_touching_regions_of_like_colour_merge_into_the_larger_cluster():
+    from napari_selfseg.methods import feature_clustering as fc
+
+    image, labels = _two_tone_scene()
+    labels[:, 28:30] = 1  # the right half's cluster is now the larger one
+    merged = fc._merge_similar_regions(labels, fc._colours_for_merging(image), max_difference=5.0)
+    background = (labels == 0) | (labels == 1)
+    assert np.all(merged[background] == 1)  # one region, labelled by the cluster covering most of it
+    assert np.array_equal(merged[~background], labels[~background])  # distinct colours stay apart
+    assert np.array_equal(fc._merge_similar_regions(labels, fc._colours_for_merging(image), 0.5), labels)
+
+
+def test_regions_of_like_colour_that_do_not_touch_stay_apart():
+    from napari_selfseg.methods import feature_clustering as fc
+
+    image, labels = _two_tone_scene()
+    image[25:35, 45:55] = image[10:20, 10:20]  # both squares red, but far apart and in different clusters
+    merged = fc._merge_similar_regions(labels, fc._colours_for_merging(image), max_difference=5.0)
+    assert set(np.unique(merged[10:20, 10:20])) == {2} and set(np.unique(merged[25:35, 45:55])) == {3}
+
+
+def test_region_merging_is_part_of_the_final_map(regions):
+    from napari_selfseg.methods import feature_clustering as fc
+
+    image, _ = regions
+    labels = segment(image, seed=0, merge_regions=0.0, **FAST)
+    merged = segment(image, seed=0, merge_regions=60.0, **FAST)  # the same training, its final map merged
+    colours = fc._colours_for_merging(prepare_image(image, rgb=True))
+    assert len(np.unique(merged)) < len(np.unique(labels))
+    expected = fc._merge_similar_regions(labels.astype(np.int64), colours, 60.0)
+    assert same_partition(expected, merged)
