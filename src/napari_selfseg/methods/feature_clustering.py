@@ -197,10 +197,8 @@ def _merge_similar_regions(labels: np.ndarray, colours: np.ndarray, max_differen
     """
     regions = connected_components(labels + 1, background=0, connectivity=1) - 1
     n = int(regions.max()) + 1
-    flat = regions.ravel()
-    counts = np.bincount(flat, minlength=n).astype(np.float64)
-    sums = np.stack([np.bincount(flat, weights=colours[..., c].ravel(), minlength=n)
-                     for c in range(colours.shape[-1])], axis=1)
+    counts, sums = _mean_colours(regions, colours)
+    sums *= counts[:, None]  # colour sums: a merge adds them
     neighbours: list[set[int]] = [set() for _ in range(n)]
     for a, b in _touching_pairs(regions).tolist():
         neighbours[a].add(b)
