@@ -351,25 +351,26 @@ def _slic(image: np.ndarray, n_segments: int, compactness: float) -> np.ndarray:
     return slic(image, n_segments=n_segments, compactness=compactness, start_label=0, channel_axis=-1)
 
 
-def _watershed_superpixels(image: np.ndarray, n_segments: int) -> np.ndarray:
+def _watershed_superpixels(image: np.ndarray, n_segments: int, colours: np.ndarray | None = None) -> np.ndarray:
     """Superpixels ``(Y, X)`` ids from 0 of a ``(Y, X, C)`` image in [0, 1]: the watershed of its colour
     gradient (the summed Sobel magnitudes of :func:`_colours_for_merging`'s channels, CIE Lab for RGB)
     flooded from a regular grid of about ``n_segments`` seeds.
 
     Why: without SLIC's shape prior they follow colour edges and stay small where the image is detailed,
     so a majority vote in them keeps small objects and exact outlines (BSDS500 best-IoU about +0.02 over
-    SLIC, docs/methods.md). Only the order of the gradient values matters, not their scale.
+    SLIC, docs/methods.md). Only the order of the gradient values matters, not their scale. ``colours``:
+    the image's :func:`_colours_for_merging`, when the caller has them already.
     """
-    colours = _colours_for_merging(image)
+    colours = _colours_for_merging(image) if colours is None else colours
     gradient = sum(sobel(colours[..., c]) for c in range(colours.shape[-1]))
     return watershed(gradient, markers=n_segments) - 1
 
 
-def _refinement_superpixels(image: np.ndarray, p) -> np.ndarray:
+def _refinement_superpixels(image: np.ndarray, p, colours: np.ndarray | None = None) -> np.ndarray:
     """The final map's superpixels ``(Y, X)`` of a ``(Y, X, C)`` image: ``p.refine_superpixels`` of them,
-    made as ``p.refine_method`` says."""
+    made as ``p.refine_method`` says (watershed: of ``colours``, see :func:`_watershed_superpixels`)."""
     if p.refine_method == "watershed":
-        return _watershed_superpixels(image, p.refine_superpixels)
+        return _watershed_superpixels(image, p.refine_superpixels, colours)
     return _slic(image, p.refine_superpixels, p.compactness)
 
 
@@ -508,10 +509,13 @@ def predict_clusters(model: ResponseNet, p: FeatureClusteringParams, image: np.n
         else:  # large images in tiles, with the whole image's batch statistics (no seams)
             labels = tiled_forward(model, x, tile or TILE, overlap=2 * p.conv_layers + 2, reduce=_argmax)[0, 0]
     labels = labels.cpu().numpy()
+    # one colour conversion for both steps that use it (seconds and ~400 MB on a 4096x4096 image)
+    uses_colours = p.merge_regions > 0 or (p.refine_superpixels > 0 and p.refine_method == "watershed")
+    colours = _colours_for_merging(image) if uses_colours else None
     if p.refine_superpixels > 0:
-        labels = _superpixel_majority(labels, _refinement_superpixels(image, p))
+        labels = _superpixel_majority(labels, _refinement_superpixels(image, p, colours))
     if p.merge_regions > 0:
-        labels = _merge_similar_regions(labels, _colours_for_merging(image), p.merge_regions)
+        labels = _merge_similar_regions(labels, colours, p.merge_regions)
     if p.min_region > 0:
         labels = _merge_small_regions(labels, max(1, round(p.min_region * labels.size)))
     return labels
