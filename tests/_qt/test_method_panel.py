@@ -242,7 +242,7 @@ def test_settings_remembered_by_an_older_version_run_as_they_did(make_napari_vie
     save_settings("feature-clustering", remembered)
     values = FeatureClusteringPanel(make_napari_viewer()).form.values()
     assert (values.mu, values.refine_superpixels, values.refine_method, values.start_steps) == (0.7, 1000, "slic", 0)
-    assert values.merge_regions == 0
+    assert values.merge_regions == 0 and values.merge_edges == 0
     save_settings("feature-clustering", None)
     assert load_settings("feature-clustering") == {}
     assert FeatureClusteringPanel(make_napari_viewer()).form.values().refine_method == "watershed"  # fresh start

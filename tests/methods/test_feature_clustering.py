@@ -179,12 +179,12 @@ def test_models_saved_by_older_versions_keep_their_settings(tmp_path, regions):
     path = save_model(api.train(image, "feature-clustering", max_iterations=5, channels=8), tmp_path / "m")
     assert load_model(path, "cpu").params.refine_method == "watershed"
     record = read_record(path)
-    for name in ("refine_method", "start_steps", "merge_regions"):  # as an older version wrote it
+    for name in ("refine_method", "start_steps", "merge_regions", "merge_edges"):  # as an older version wrote it
         del record["params"][name]
     save_file(load_file(str(path)), str(path), metadata={"napari_selfseg": json.dumps(record)})
     params = load_model(path, "cpu").params
     assert params.refine_method == "slic" and params.start_steps == 0  # one spatial weight, as it trained
-    assert params.merge_regions == 0  # and its final map is not merged by colour
+    assert params.merge_regions == 0 and params.merge_edges == 0  # and its final map is not merged by colour
 
 
 def _two_tone_scene():
@@ -222,13 +222,29 @@ def test_regions_of_like_colour_that_do_not_touch_stay_apart():
     assert set(np.unique(merged[10:20, 10:20])) == {2} and set(np.unique(merged[25:35, 45:55])) == {3}
 
 
+def test_an_edge_keeps_like_coloured_regions_apart_where_a_gradual_change_merges():
+    from napari_selfseg.methods import feature_clustering as fc
+
+    width = 64
+    step = np.full((32, width, 1), 0.40)
+    step[:, width // 2:] = 0.46  # two gray areas 6 % apart with a sharp edge between them
+    ramp = np.repeat((0.40 + 0.12 * np.arange(width) / (width - 1))[None, :, None], 32, axis=0)  # same halves' means
+    labels = np.zeros((32, width), dtype=np.int64)
+    labels[:, width // 2:] = 1
+    for image, joined in ((step, False), (ramp, True)):
+        colours = fc._colours_for_merging(image)
+        merged = fc._merge_similar_regions(labels, colours, 10.0, fc._colour_gradient(colours), edge_weight=2.0)
+        assert (len(np.unique(merged)) == 1) == joined
+        assert len(np.unique(fc._merge_similar_regions(labels, colours, 10.0))) == 1  # by colour alone: both join
+
+
 def test_region_merging_is_part_of_the_final_map(regions):
     from napari_selfseg.methods import feature_clustering as fc
 
     image, _ = regions
     labels = segment(image, seed=0, merge_regions=0.0, **FAST)
-    merged = segment(image, seed=0, merge_regions=60.0, **FAST)  # the same training, its final map merged
+    merged = segment(image, seed=0, merge_regions=60.0, merge_edges=0.5, **FAST)  # the same training, merged
     colours = fc._colours_for_merging(prepare_image(image, rgb=True))
     assert len(np.unique(merged)) < len(np.unique(labels))
-    expected = fc._merge_similar_regions(labels.astype(np.int64), colours, 60.0)
+    expected = fc._merge_similar_regions(labels.astype(np.int64), colours, 60.0, fc._colour_gradient(colours), 0.5)
     assert same_partition(expected, merged)

@@ -20,8 +20,8 @@ Additions beyond the papers, each a parameter that can be switched off: CIE Lab 
 (``train_pixels``), and four refinements of the final map: Ward merging of clusters by their mean
 network responses (``merge_cost``), full-resolution superpixel majority voting (``refine_superpixels``,
 superpixels by watershed of the colour gradient or by SLIC, ``refine_method``), merging of touching
-regions of like colour (``merge_regions``) and merging of small connected regions (``min_region``). The
-``paper`` preset switches them all off.
+regions of like colour where no edge runs between them (``merge_regions``, ``merge_edges``) and merging
+of small connected regions (``min_region``). The ``paper`` preset switches them all off.
 """
 from __future__ import annotations
 
@@ -105,11 +105,17 @@ class FeatureClusteringParams(PostprocessParams):
     refine_superpixels: int = param(4000, low=0, high=20000, step=50, live=False,
                                     help="Final map: give each of about this many full-resolution superpixels its "
                                          "majority label (0 = off); snaps boundaries to image edges")
-    merge_regions: float = param(10.0, low=0.0, high=100.0, step=0.5, live=False, label="merge regions below",
-                                 help="Final map: neighbouring regions whose mean colours differ by less than this "
-                                      "merge, the most alike first, and each merged group takes its largest "
-                                      "cluster (CIE Lab colour difference for RGB, percent of the range for gray; "
-                                      "0 = off): joins a lesion's core and rim, keeps distinct objects")
+    merge_regions: float = param(18.0, low=0.0, high=100.0, step=0.5, live=False, label="merge regions below",
+                                 help="Final map: neighbouring regions merge while their mean colours differ by less "
+                                      "than this (plus the edge term below), the most alike first, and each merged "
+                                      "group takes its largest cluster (CIE Lab colour difference for RGB, percent "
+                                      "of the range for gray; 0 = off): joins a lesion's core and rim")
+    merge_edges: float = param(0.5, low=0.0, high=5.0, step=0.05, live=False, label="edge weight in merging",
+                               help="Final map: the mean colour gradient along two regions' shared boundary (summed "
+                                    "Sobel magnitudes of the CIE Lab channels, or of the gray value in percent of "
+                                    "the range) times this is added to their colour difference before the merge "
+                                    "threshold (0 = colour alone): objects of like colour stay apart where an edge "
+                                    "runs between them")
     refine_method: str = param("watershed", choices=("watershed", "slic"), live=False, label="superpixels by",
                                help="Final map's superpixels: watershed of the colour (or gray) gradient from a "
                                     "regular grid of seeds (follow edges, small where the image is detailed) or SLIC "
@@ -129,7 +135,7 @@ PRESETS = {
               "channels": 100, "conv_layers": 2, "scale": 1.0, "train_pixels": 0, "learning_rate": 0.1,
               "batch_norm": True, "superpixels": False, "n_superpixels": 10000, "compactness": 100.0,
               "colour_space": "rgb", "coordinates": 0.0, "min_region": 0.0, "merge_cost": 0.0,
-              "refine_superpixels": 0, "refine_method": "slic", "merge_regions": 0.0},
+              "refine_superpixels": 0, "refine_method": "slic", "merge_regions": 0.0, "merge_edges": 0.0},
 }
 
 
@@ -173,34 +179,62 @@ def _merge_small_regions(labels: np.ndarray, min_pixels: int) -> np.ndarray:
     return labels[iy, ix]
 
 
-def _touching_pairs(regions: np.ndarray) -> np.ndarray:
-    """Unique ``(n, 2)`` pairs ``a < b`` of ids of ``regions`` ``(Y, X)`` that touch (8-neighbourhood)."""
-    pairs = []
-    for first, second in ((regions[:, :-1], regions[:, 1:]), (regions[:-1], regions[1:]),
-                          (regions[:-1, :-1], regions[1:, 1:]), (regions[:-1, 1:], regions[1:, :-1])):
-        differ = first != second
-        a, b = first[differ], second[differ]  # boundary pixels only: small even for a large image
-        pairs.append(np.unique(np.stack([np.minimum(a, b), np.maximum(a, b)], axis=1), axis=0))
-    return np.unique(np.concatenate(pairs), axis=0)
+def _colour_gradient(colours: np.ndarray) -> np.ndarray:
+    """Edge strength ``(Y, X)`` of ``colours`` ``(Y, X, C)`` (:func:`_colours_for_merging`): the summed
+    Sobel magnitudes of its channels, in colour units (CIE Lab, or percent of the gray range)."""
+    return sum(sobel(colours[..., c]) for c in range(colours.shape[-1]))
 
 
-def _merge_similar_regions(labels: np.ndarray, colours: np.ndarray, max_difference: float) -> np.ndarray:
-    """Merge touching connected regions of ``labels`` ``(Y, X)`` (ids from 0) whose mean ``colours``
-    ``(Y, X, C)`` (:func:`_colours_for_merging`) differ by less than ``max_difference`` (Euclidean, colour
-    units), the most alike pair first, means updated after each merge; each merged group then takes the
-    label that covers most of it. Returns ``(Y, X)`` labels, a subset of those of ``labels``.
+def _touching_pairs(regions: np.ndarray, gradient: np.ndarray | None = None
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Ids of ``regions`` ``(Y, X)`` that touch (8-neighbourhood): unique pairs ``(n, 2)`` with ``a < b``,
+    and for each pair the summed edge strength across its boundary ``(n,)`` and the number of
+    neighbouring pixel pairs it sums ``(n,)``. A pixel pair's edge strength is the larger ``gradient``
+    ``(Y, X)`` of its two pixels (0 without a gradient)."""
+    n = int(regions.max()) + 1
+    keys, strengths = [], []
+    for first, second in ((np.s_[:, :-1], np.s_[:, 1:]), (np.s_[:-1], np.s_[1:]),
+                          (np.s_[:-1, :-1], np.s_[1:, 1:]), (np.s_[:-1, 1:], np.s_[1:, :-1])):
+        a, b = regions[first], regions[second]
+        differ = a != b  # boundary pixels only: small even for a large image
+        a, b = a[differ].astype(np.int64), b[differ].astype(np.int64)
+        keys.append(np.minimum(a, b) * n + np.maximum(a, b))
+        if gradient is not None:
+            strengths.append(np.maximum(gradient[first][differ], gradient[second][differ]))
+    unique, which = np.unique(np.concatenate(keys), return_inverse=True)
+    counts = np.bincount(which, minlength=len(unique)).astype(np.float64)
+    sums = (np.bincount(which, weights=np.concatenate(strengths), minlength=len(unique))
+            if gradient is not None else np.zeros(len(unique)))
+    return np.stack([unique // n, unique % n], axis=1), sums, counts
+
+
+def _merge_similar_regions(labels: np.ndarray, colours: np.ndarray, max_difference: float,
+                           gradient: np.ndarray | None = None, edge_weight: float = 0.0) -> np.ndarray:
+    """Merge touching connected regions of ``labels`` ``(Y, X)`` (ids from 0) while the cost of a merge
+    stays below ``max_difference``, the cheapest pair first, costs updated after each merge. The cost is
+    the Euclidean difference of the two regions' mean ``colours`` ``(Y, X, C)`` (:func:`_colours_for_merging`)
+    plus ``edge_weight`` times the mean edge strength along their shared boundary (``gradient`` ``(Y, X)``,
+    :func:`_colour_gradient`), both in colour units. Each merged group then takes the label that covers
+    most of it. Returns ``(Y, X)`` labels, a subset of those of ``labels``.
 
     Why: the network often gives one object two clusters (a lesion's dark core and paler rim) that lie
     side by side and look alike next to what surrounds them; a colour criterion on touching regions joins
     them, where merging whole clusters by colour (Ward) also joined distant objects and cost BSDS500 more
-    than it gained on PH2 (docs/methods.md). Keeping a label per group keeps the map a cluster map.
+    than it gained on PH2 (docs/methods.md). The edge term keeps neighbouring objects of like colour
+    apart when a visible edge runs between them, while a core fading into its rim merges, so the colour
+    threshold can rise (BSDS500 and PH2 both gained). Keeping a label per group keeps the map a cluster
+    map.
     """
     regions = connected_components(labels + 1, background=0, connectivity=1) - 1
     n = int(regions.max()) + 1
     counts, sums = _mean_colours(regions, colours)
     sums *= counts[:, None]  # colour sums: a merge adds them
+    use_edges = edge_weight > 0 and gradient is not None
+    pairs, edge_sums, edge_counts = _touching_pairs(regions, gradient if use_edges else None)
+    # per touching pair (a < b): [summed edge strength, pixel pairs]; a merge adds those of shared neighbours
+    edges = {(a, b): [s, c] for (a, b), s, c in zip(pairs.tolist(), edge_sums.tolist(), edge_counts.tolist())}
     neighbours: list[set[int]] = [set() for _ in range(n)]
-    for a, b in _touching_pairs(regions).tolist():
+    for a, b in edges:
         neighbours[a].add(b)
         neighbours[b].add(a)
     parent = np.arange(n)  # a merged region points at the region it joined
@@ -209,9 +243,12 @@ def _merge_similar_regions(labels: np.ndarray, colours: np.ndarray, max_differen
     def entry(a: int, b: int):
         a, b = min(a, b), max(a, b)
         difference = float(np.linalg.norm(sums[a] / counts[a] - sums[b] / counts[b]))
+        if use_edges:
+            edge_sum, edge_count = edges[a, b]
+            difference += edge_weight * edge_sum / edge_count
         return difference, a, b, version[a], version[b]
 
-    heap = [e for a in range(n) for b in neighbours[a] if a < b and (e := entry(a, b))[0] < max_difference]
+    heap = [e for a, b in edges if (e := entry(a, b))[0] < max_difference]
     heapq.heapify(heap)
     while heap:
         _, a, b, version_a, version_b = heapq.heappop(heap)
@@ -222,7 +259,12 @@ def _merge_similar_regions(labels: np.ndarray, colours: np.ndarray, max_differen
         counts[keep] += counts[gone]
         parent[gone] = keep
         version[keep] += 1
+        del edges[min(keep, gone), max(keep, gone)]
         for other in neighbours[gone] - {keep}:
+            moved = edges.pop((min(gone, other), max(gone, other)))
+            joined = edges.setdefault((min(keep, other), max(keep, other)), [0.0, 0.0])
+            joined[0] += moved[0]
+            joined[1] += moved[1]
             neighbours[other].discard(gone)
             neighbours[other].add(keep)
         neighbours[keep] = (neighbours[keep] | neighbours[gone]) - {keep, gone}
@@ -351,26 +393,25 @@ def _slic(image: np.ndarray, n_segments: int, compactness: float) -> np.ndarray:
     return slic(image, n_segments=n_segments, compactness=compactness, start_label=0, channel_axis=-1)
 
 
-def _watershed_superpixels(image: np.ndarray, n_segments: int, colours: np.ndarray | None = None) -> np.ndarray:
+def _watershed_superpixels(image: np.ndarray, n_segments: int, gradient: np.ndarray | None = None) -> np.ndarray:
     """Superpixels ``(Y, X)`` ids from 0 of a ``(Y, X, C)`` image in [0, 1]: the watershed of its colour
-    gradient (the summed Sobel magnitudes of :func:`_colours_for_merging`'s channels, CIE Lab for RGB)
-    flooded from a regular grid of about ``n_segments`` seeds.
+    gradient (:func:`_colour_gradient` of :func:`_colours_for_merging`, CIE Lab for RGB) flooded from a
+    regular grid of about ``n_segments`` seeds.
 
     Why: without SLIC's shape prior they follow colour edges and stay small where the image is detailed,
     so a majority vote in them keeps small objects and exact outlines (BSDS500 best-IoU about +0.02 over
-    SLIC, docs/methods.md). Only the order of the gradient values matters, not their scale. ``colours``:
-    the image's :func:`_colours_for_merging`, when the caller has them already.
+    SLIC, docs/methods.md). Only the order of the gradient values matters, not their scale. ``gradient``:
+    the image's ``(Y, X)`` colour gradient, when the caller has it already.
     """
-    colours = _colours_for_merging(image) if colours is None else colours
-    gradient = sum(sobel(colours[..., c]) for c in range(colours.shape[-1]))
+    gradient = _colour_gradient(_colours_for_merging(image)) if gradient is None else gradient
     return watershed(gradient, markers=n_segments) - 1
 
 
-def _refinement_superpixels(image: np.ndarray, p, colours: np.ndarray | None = None) -> np.ndarray:
+def _refinement_superpixels(image: np.ndarray, p, gradient: np.ndarray | None = None) -> np.ndarray:
     """The final map's superpixels ``(Y, X)`` of a ``(Y, X, C)`` image: ``p.refine_superpixels`` of them,
-    made as ``p.refine_method`` says (watershed: of ``colours``, see :func:`_watershed_superpixels`)."""
+    made as ``p.refine_method`` says (watershed: of ``gradient``, see :func:`_watershed_superpixels`)."""
     if p.refine_method == "watershed":
-        return _watershed_superpixels(image, p.refine_superpixels, colours)
+        return _watershed_superpixels(image, p.refine_superpixels, gradient)
     return _slic(image, p.refine_superpixels, p.compactness)
 
 
@@ -509,13 +550,14 @@ def predict_clusters(model: ResponseNet, p: FeatureClusteringParams, image: np.n
         else:  # large images in tiles, with the whole image's batch statistics (no seams)
             labels = tiled_forward(model, x, tile or TILE, overlap=2 * p.conv_layers + 2, reduce=_argmax)[0, 0]
     labels = labels.cpu().numpy()
-    # one colour conversion for both steps that use it (seconds and ~400 MB on a 4096x4096 image)
-    uses_colours = p.merge_regions > 0 or (p.refine_superpixels > 0 and p.refine_method == "watershed")
-    colours = _colours_for_merging(image) if uses_colours else None
+    # one colour conversion and gradient for both steps that use them (seconds and ~400 MB on 4096x4096)
+    watershed_map = p.refine_superpixels > 0 and p.refine_method == "watershed"
+    colours = _colours_for_merging(image) if p.merge_regions > 0 or watershed_map else None
+    gradient = _colour_gradient(colours) if watershed_map or (p.merge_regions > 0 and p.merge_edges > 0) else None
     if p.refine_superpixels > 0:
-        labels = _superpixel_majority(labels, _refinement_superpixels(image, p, colours))
+        labels = _superpixel_majority(labels, _refinement_superpixels(image, p, gradient))
     if p.merge_regions > 0:
-        labels = _merge_similar_regions(labels, colours, p.merge_regions)
+        labels = _merge_similar_regions(labels, colours, p.merge_regions, gradient, p.merge_edges)
     if p.min_region > 0:
         labels = _merge_small_regions(labels, max(1, round(p.min_region * labels.size)))
     return labels
@@ -553,5 +595,6 @@ METHOD = Method(
     presets=PRESETS,
     load=FeatureClusteringModel,
     # saved before these parameters existed: SLIC final map, one spatial weight throughout, no region merging
-    older_defaults={"refine_method": "slic", "start_steps": 0, "merge_regions": 0.0},
+    # (and, saved with it, merging by colour alone)
+    older_defaults={"refine_method": "slic", "start_steps": 0, "merge_regions": 0.0, "merge_edges": 0.0},
 )
