@@ -38,7 +38,8 @@ def _args(argv):
     q.add_argument("--section", default=None, help="BENCHMARKS.md section name (default from the methods)")
     s = sub.add_parser("speed", help="first frame, final segmentation, headless vs streamed throughput")
     s.add_argument("--method", default="feature-clustering")
-    s.add_argument("--iterations", type=int, default=60)
+    s.add_argument("--iterations", type=int, default=250, help="training steps of each timed run")
+    s.add_argument("--repeats", type=int, default=3, help="headless and streamed runs compared pairwise")
     s.add_argument("--paper-budget", type=float, default=60.0, help="seconds the paper setting may run")
     s.add_argument("--device", default="cpu")
     s.add_argument("--write", action="store_true")
@@ -92,7 +93,7 @@ def _run(argv: list[str]) -> int:
     else:
         from . import speed
 
-        body = speed.run(args.method, args.iterations, args.paper_budget, args.device, log=log)
+        body = speed.run(args.method, args.iterations, args.paper_budget, args.device, args.repeats, log=log)
         section = f"speed {args.method}"
         command = "python -m benchmarks " + " ".join(argv if argv is not None else sys.argv[1:])
     report = f"Measured {machine()}.\nCommand: `{command}`\n\n{body}"

@@ -17,7 +17,7 @@ def main(method: str, iterations: int, device: str) -> dict:
     from napari_selfseg.engine import warm_up
     from napari_selfseg.methods import get_method
 
-    from .speed import speed_image
+    from .speed import speed_image, steady_rate
 
     image, _ = speed_image()
     viewer = napari.Viewer(show=True)
@@ -35,9 +35,8 @@ def main(method: str, iterations: int, device: str) -> dict:
     panel.worker.yielded.connect(lambda frame: (frames.append(frame), arrivals.append(time.perf_counter())))
     panel.worker.finished.connect(loop.quit)
     loop.exec()
-    last = frames[-1]
     viewer.close()
-    return {"rate": last.iteration / last.elapsed, "frames": len(frames), "first": arrivals[0] - pressed}
+    return {"rate": steady_rate(frames), "frames": len(frames) - 1, "first": arrivals[0] - pressed}
 
 
 if __name__ == "__main__":

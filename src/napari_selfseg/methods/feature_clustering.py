@@ -105,12 +105,12 @@ class FeatureClusteringParams(PostprocessParams):
     refine_superpixels: int = param(4000, low=0, high=20000, step=50, live=False,
                                     help="Final map: give each of about this many full-resolution superpixels its "
                                          "majority label (0 = off); snaps boundaries to image edges")
-    merge_regions: float = param(18.0, low=0.0, high=100.0, step=0.5, live=False, label="merge regions below",
+    merge_regions: float = param(20.0, low=0.0, high=100.0, step=0.5, live=False, label="merge regions below",
                                  help="Final map: neighbouring regions merge while their mean colours differ by less "
                                       "than this (plus the edge term below), the most alike first, and each merged "
                                       "group takes its largest cluster (CIE Lab colour difference for RGB, percent "
                                       "of the range for gray; 0 = off): joins a lesion's core and rim")
-    merge_edges: float = param(0.5, low=0.0, high=5.0, step=0.05, live=False, label="edge weight in merging",
+    merge_edges: float = param(0.75, low=0.0, high=5.0, step=0.05, live=False, label="edge weight in merging",
                                help="Final map: the mean colour gradient along two regions' shared boundary (summed "
                                     "Sobel magnitudes of the CIE Lab channels, or of the gray value in percent of "
                                     "the range) times this is added to their colour difference before the merge "
