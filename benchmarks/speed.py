@@ -88,8 +88,8 @@ def headless_rate(image, method: str, iterations: int, threads: int, device: str
 
 
 def streamed_rate(method: str, iterations: int, device: str) -> tuple[float, int, float]:
-    """Iterations per second when the panel streams frames into a Labels layer, frames drawn, and seconds
-    from Train to the first frame reaching the GUI thread.
+    """Iterations per second while the panel streams frames into a Labels layer (:func:`steady_rate`),
+    frames drawn, and seconds from Train to the first frame reaching the GUI thread.
 
     Runs ``python -m benchmarks.streamed`` in a child process (under ``xvfb-run`` without a screen), so
     the X server's teardown cannot disturb this process.
@@ -129,23 +129,23 @@ def run(method: str = "feature-clustering", iterations: int = 250, paper_budget:
         rows.append(f"| interactive default on {other_label}: first frame | {r['first']:.2f} s | |")
         rows.append(f"| interactive default on {other_label}: final segmentation | {r['final']:.2f} s | {note} |")
         log(f"  {extra}: {r}")
-    rates = {2: headless_rate(image, method, iterations, 2, device, 0)}
+    two_threads = headless_rate(image, method, iterations, 2, device, 0)
     throttled = headless_rate(image, method, iterations, 1, device, 10)
     # The host is shared and its speed drifts: each streamed run is compared with a headless run just before
     # it, and the median of those ratios is reported.
     runs = [(headless_rate(image, method, iterations, 1, device, 0), *streamed_rate(method, iterations, device))
             for _ in range(repeats)]
     log(f"  headless / streamed it/s, frames, first frame: {runs}")
-    rates[1] = float(np.median([r[0] for r in runs]))
-    ratios = [100 * streamed / headless for headless, streamed, _, _ in runs]
-    rows.append(f"| headless it/s, 1 thread | {rates[1]:.2f} | {iterations} iterations, timed from the first to "
+    headless, streamed, frames, panel_first = (float(np.median(column)) for column in zip(*runs))
+    ratios = [100 * s / h for h, s, _, _ in runs]
+    rows.append(f"| headless it/s, 1 thread | {headless:.2f} | {iterations} iterations, timed from the first to "
                 f"the last frame (1 per second); median of {repeats} runs |")
-    rows.append(f"| headless it/s, 2 threads | {rates[2]:.2f} | |")
+    rows.append(f"| headless it/s, 2 threads | {two_threads:.2f} | |")
     rows.append(f"| headless it/s, 1 thread, 10 frames/s | {throttled:.2f} | frames made, not drawn |")
-    rows.append(f"| streamed into napari it/s (panel, 1 thread) | {np.median([r[1] for r in runs]):.2f} | "
-                f"{np.median([r[2] for r in runs]):.0f} frames drawn; **{np.median(ratios):.0f}%** of the headless "
-                f"run before it (median; runs: {', '.join(f'{x:.0f}%' for x in ratios)}) |")
-    rows.append(f"| panel: Train to the first frame | {np.median([r[3] for r in runs]):.2f} s | {iterations}-step "
-                "setting, the panel open (torch warmed up); median |")
+    rows.append(f"| streamed into napari it/s (panel, 1 thread) | {streamed:.2f} | {frames:.0f} frames drawn; "
+                f"**{np.median(ratios):.0f}%** of the headless run before it (median; runs: "
+                f"{', '.join(f'{x:.0f}%' for x in ratios)}) |")
+    rows.append(f"| panel: Train to the first frame | {panel_first:.2f} s | {iterations}-step setting, the panel "
+                "open (torch warmed up); median |")
     header = f"Image: {label}; method {method}; device {dev}; torch threads as noted.\n\n"
     return header + "\n".join(rows)
