@@ -19,6 +19,19 @@ def test_nifti_reader_gives_the_voxel_size_as_scale(tmp_path):
     assert np.array_equal(data, volume.T)
 
 
+def test_viewer_opens_nifti_through_the_plugin_by_name(tmp_path):
+    """napari's own reader also claims ``.nii.gz`` (and fails on it), so scripts name the plugin (README)."""
+    nibabel = pytest.importorskip("nibabel")
+    import npe2
+    from napari.components import ViewerModel
+
+    npe2.PluginManager.instance().discover()
+    nibabel.save(nibabel.Nifti1Image(np.zeros((4, 5, 6), np.float32), np.diag([0.7, 0.8, 2.5, 1.0])),
+                 str(tmp_path / "v.nii.gz"))
+    layer, = ViewerModel().open(str(tmp_path / "v.nii.gz"), plugin="napari-selfseg")
+    assert layer.data.shape == (6, 5, 4) and np.allclose(layer.scale, (2.5, 0.8, 0.7))
+
+
 def test_multipage_tiff_reads_as_a_stack(tmp_path):
     stack = np.random.default_rng(0).integers(0, 4000, (3, 8, 9)).astype(np.uint16)
     tifffile.imwrite(tmp_path / "s.tif", stack)
