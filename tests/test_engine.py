@@ -192,3 +192,12 @@ def test_warm_up_draws_no_random_numbers_and_runs_once(monkeypatch):
     thread.join(30)
     assert torch.equal(torch.rand(4), expected)
     assert engine.start_warm_up() is None  # warmed: later panels start no thread
+
+
+def test_preset_of_names_the_preset_a_parameter_set_equals():
+    from napari_selfseg.api import get_method, resolve_params
+
+    method = get_method("feature-clustering")
+    assert method.preset_of(resolve_params("feature-clustering")) == "interactive"  # the defaults
+    assert method.preset_of(resolve_params("feature-clustering", "paper")) == "paper"
+    assert method.preset_of(resolve_params("feature-clustering", "paper", {"mu": 3.0})) is None

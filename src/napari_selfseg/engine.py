@@ -204,6 +204,12 @@ class Method:
         known = {k: v for k, v in values.items() if k in self.params.__dataclass_fields__}
         return {**self.older_defaults, **known} if known else {}
 
+    def preset_of(self, params: Any) -> str | None:
+        """The name of the first preset whose values (over the defaults) equal ``params``, else None."""
+        values = dataclasses.asdict(params)
+        return next((name for name, overrides in self.presets.items()
+                     if dataclasses.asdict(make_params(self.params, overrides)) == values), None)
+
     @property
     def trains_network(self) -> bool:
         """True when a trained model can be saved and applied elsewhere."""

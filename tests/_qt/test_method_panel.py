@@ -158,6 +158,21 @@ def test_paper_preset_fills_the_form_and_an_edit_returns_to_custom(panel):
     assert panel.preset_box.value == "(custom)"
 
 
+def test_preset_box_names_the_preset_the_form_equals(make_napari_viewer):
+    """A fresh panel says it holds the interactive setting; an edit away and back shows it."""
+    panel = FeatureClusteringPanel(make_napari_viewer())
+    assert panel.preset_box.value == "interactive"
+    default_mu = panel.form.values().mu
+    panel.form.widgets["mu"].value = 3.0
+    assert panel.preset_box.value == "(custom)"
+    panel.form.widgets["mu"].value = default_mu
+    assert panel.preset_box.value == "interactive"
+    panel.set_params({"mu": 0.05})  # e.g. a kept sweep result
+    assert panel.preset_box.value == "photos"
+    panel.restore_defaults()
+    assert panel.preset_box.value == "interactive"
+
+
 def test_settings_persist_between_sessions_until_restored(panel, qtbot, make_napari_viewer):
     panel.form.set_values({"mu": 3.5, "max_iterations": 3})
     panel.train_button.click()

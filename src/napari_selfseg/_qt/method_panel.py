@@ -74,6 +74,7 @@ class MethodPanel(QWidget):
         self.sweep_section: SweepSection | None = None
         self._build()
         self._restore_settings()
+        self._show_matching_preset()
         self._connect_viewer()
         self._set_running(False)
         start_warm_up()  # torch's one-time costs, paid while the user picks a layer rather than at Train
@@ -219,7 +220,7 @@ class MethodPanel(QWidget):
     def restore_defaults(self) -> None:
         """Every parameter back to the method's default; the remembered settings are forgotten."""
         self.form.reset()
-        self.preset_box.value = "(custom)"
+        self._show_matching_preset()
         save_settings(self.method.id, None)
 
     def _apply_preset(self, name: str) -> None:
@@ -231,11 +232,25 @@ class MethodPanel(QWidget):
             finally:
                 self._applying_preset = False
 
-    def _param_changed(self, name: str, value) -> None:
-        if not self._applying_preset and self.preset_box.value != "(custom)":
+    def set_params(self, values: dict) -> None:
+        """Put parameter values into the form (a kept sweep result, a loaded model's record)."""
+        self.form.set_values(values)
+        self._show_matching_preset()
+
+    def _show_matching_preset(self) -> None:
+        """Name the preset the form now equals ("(custom)" if none) without applying it again."""
+        try:
+            name = self.method.preset_of(self.form.values()) or "(custom)"
+        except ValueError:  # a value out of range while being typed
+            name = "(custom)"
+        if self.preset_box.value != name:
             self.preset_box.changed.disconnect(self._apply_preset)
-            self.preset_box.value = "(custom)"
+            self.preset_box.value = name
             self.preset_box.changed.connect(self._apply_preset)
+
+    def _param_changed(self, name: str, value) -> None:
+        if not self._applying_preset:
+            self._show_matching_preset()
         if self.worker is not None and self.training is not None and self.form.specs[name].live:
             try:
                 self.training.update(**{name: value})

@@ -127,7 +127,7 @@ class ModelSection(QWidget):
         self.model = model
         # the parameters the model runs with (an older model's record may lack a newer one: Method.saved_values)
         params = dataclasses.asdict(model.params)
-        self.panel.form.set_values({k: v for k, v in params.items() if k in self.panel.form.widgets})
+        self.panel.set_params({k: v for k, v in params.items() if k in self.panel.form.widgets})
         self.status.setText(f"Loaded {Path(path).name} (trained on data of shape {model.record.get('data_shape')})")
         self.refresh()
         return model

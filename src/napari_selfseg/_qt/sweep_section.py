@@ -146,7 +146,7 @@ class SweepSection(QWidget):
             return
         combo, kept = self.layers.pop(name)
         self._clear_results()
-        self.panel.form.set_values(combo)
+        self.panel.set_params(combo)
         self.panel.viewer.grid.enabled = False
         self.status.setText(f"Kept {name}; its settings are in the panel")
         self.layers = {}
