@@ -223,7 +223,7 @@ def test_predict_regroups_the_final_superpixels(regions, monkeypatch):
 
     monkeypatch.setattr(sgscn, "_reassign_by_colour", spy)
     image, truth = regions
-    segment(image, "sgscn", seed=0, merge_colours=2, reassign_steps=3, **FAST)
+    segment(image, "sgscn", seed=0, merge_colours=2, reassign_steps=3, refine_superpixels=300, **FAST)
     segments, steps = calls[-1]
     assert steps == 3 and segments.shape == truth.shape and segments.max() + 1 < truth.size / 2  # superpixels
     segment(image, "sgscn", seed=0, merge_colours=2, reassign_steps=1, refine_superpixels=0, **FAST)
@@ -276,3 +276,45 @@ def test_saved_model_labels_like_the_run(regions, tmp_path):
     model = load_model(path, device="cpu")
     assert np.array_equal(model.predict(image), final.labels)
     assert np.array_equal(run.predict(image), final.labels)
+
+
+def test_final_map_is_feature_clusterings_vote_and_region_merge(regions):
+    """Watershed superpixels and the edge-weighted region merge by default, as in feature clustering."""
+    import dataclasses
+
+    from napari_selfseg.imageprep import prepare_image
+    from napari_selfseg.methods import feature_clustering as fc
+
+    assert (METHOD.params().refine_method, METHOD.params().merge_regions) == ("watershed", 20.0)
+    image, _ = regions
+    run = training(image, "sgscn", max_fps=0, refine_superpixels=0, merge_regions=0.0, **FAST)
+    run.run()
+    model, prepared = run.trainer.model, prepare_image(image, rgb=True)
+    raw = model.predict(prepared)  # the network's own ids: the vote's ties break the same way below
+    model.params = dataclasses.replace(model.params, refine_superpixels=200, merge_regions=60.0)
+    final = model.predict(prepared)
+    segments = fc._watershed_superpixels(prepared, 200)
+    assert all(len(np.unique(final[segments == s])) == 1 for s in np.unique(segments))  # one label each
+    expected, _ = fc.vote_and_merge(raw, prepared, model.params)
+    assert np.array_equal(expected, final)
+
+
+def test_models_and_settings_from_before_the_region_merge_keep_their_final_map(tmp_path, regions):
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from napari_selfseg import api
+    from napari_selfseg.bundle import load_model, read_record, save_model
+
+    image, _ = regions
+    path = save_model(api.train(image, "sgscn", **FAST), tmp_path / "m")
+    record = read_record(path)
+    record["params"]["refine_superpixels"] = 1000  # as an older version wrote it: SLIC, no merge
+    for name in ("refine_method", "merge_regions", "merge_edges"):
+        del record["params"][name]
+    save_file(load_file(str(path)), str(path), metadata={"napari_selfseg": json.dumps(record)})
+    params = load_model(path, "cpu").params
+    assert (params.refine_method, params.refine_superpixels, params.merge_regions) == ("slic", 1000, 0.0)
+    lesion = resolve_params("sgscn", "lesion")  # the preset keeps the final map it was chosen with
+    assert (lesion.refine_method, lesion.refine_superpixels, lesion.merge_regions) == ("slic", 1000, 0.0)

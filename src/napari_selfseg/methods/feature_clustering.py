@@ -47,6 +47,32 @@ from ..postprocess import PostprocessParams
 from ..tiling import tiled_forward
 
 
+def merge_regions_param():
+    """The final map's region-merge threshold (a parameter declaration shared with SGSCN)."""
+    return param(20.0, low=0.0, high=100.0, step=0.5, live=False, label="merge regions below",
+                 help="Final map: neighbouring regions merge while their mean colours differ by less than this "
+                      "(plus the edge term below), the most alike first, and each merged group takes its largest "
+                      "cluster (CIE Lab colour difference for RGB, percent of the range for gray; 0 = off): joins "
+                      "a lesion's core and rim")
+
+
+def merge_edges_param():
+    """The weight of the edge term in the final map's region merge (shared with SGSCN)."""
+    return param(0.75, low=0.0, high=5.0, step=0.05, live=False, label="edge weight in merging",
+                 help="Final map: the mean colour gradient along two regions' shared boundary (summed Sobel "
+                      "magnitudes of the CIE Lab channels, or of the gray value in percent of the range) times this "
+                      "is added to their colour difference before the merge threshold (0 = colour alone): objects "
+                      "of like colour stay apart where an edge runs between them")
+
+
+def refine_method_param():
+    """How the final map's superpixels are made (shared with SGSCN)."""
+    return param("watershed", choices=("watershed", "slic"), live=False, label="superpixels by",
+                 help="Final map's superpixels: watershed of the colour (or gray) gradient from a regular grid of "
+                      "seeds (follow edges, small where the image is detailed) or SLIC (compact, regular; see "
+                      "compactness)")
+
+
 @dataclass
 class FeatureClusteringParams(PostprocessParams):
     """Parameters of feature clustering; the defaults are the fast interactive setting."""
@@ -105,21 +131,9 @@ class FeatureClusteringParams(PostprocessParams):
     refine_superpixels: int = param(4000, low=0, high=20000, step=50, live=False,
                                     help="Final map: give each of about this many full-resolution superpixels its "
                                          "majority label (0 = off); snaps boundaries to image edges")
-    merge_regions: float = param(20.0, low=0.0, high=100.0, step=0.5, live=False, label="merge regions below",
-                                 help="Final map: neighbouring regions merge while their mean colours differ by less "
-                                      "than this (plus the edge term below), the most alike first, and each merged "
-                                      "group takes its largest cluster (CIE Lab colour difference for RGB, percent "
-                                      "of the range for gray; 0 = off): joins a lesion's core and rim")
-    merge_edges: float = param(0.75, low=0.0, high=5.0, step=0.05, live=False, label="edge weight in merging",
-                               help="Final map: the mean colour gradient along two regions' shared boundary (summed "
-                                    "Sobel magnitudes of the CIE Lab channels, or of the gray value in percent of "
-                                    "the range) times this is added to their colour difference before the merge "
-                                    "threshold (0 = colour alone): objects of like colour stay apart where an edge "
-                                    "runs between them")
-    refine_method: str = param("watershed", choices=("watershed", "slic"), live=False, label="superpixels by",
-                               help="Final map's superpixels: watershed of the colour (or gray) gradient from a "
-                                    "regular grid of seeds (follow edges, small where the image is detailed) or SLIC "
-                                    "(compact, regular; see compactness)")
+    merge_regions: float = merge_regions_param()
+    merge_edges: float = merge_edges_param()
+    refine_method: str = refine_method_param()
 
 
 PRESETS = {
@@ -534,6 +548,22 @@ class FeatureClusteringTrainer:
 
 
 @torch.no_grad()
+def vote_and_merge(labels: np.ndarray, image: np.ndarray, p) -> tuple[np.ndarray, np.ndarray | None]:
+    """The final map's superpixel vote and region merge of cluster ids ``(Y, X)`` on a prepared ``(Y, X, C)``
+    image, as ``p`` (``refine_superpixels``, ``refine_method``, ``compactness``, ``merge_regions``,
+    ``merge_edges``) says; also returns the superpixels ``(Y, X)`` (None when the vote is off)."""
+    # one colour conversion and gradient for both steps that use them (seconds and ~400 MB on 4096x4096)
+    watershed_map = p.refine_superpixels > 0 and p.refine_method == "watershed"
+    colours = _colours_for_merging(image) if p.merge_regions > 0 or watershed_map else None
+    gradient = _colour_gradient(colours) if watershed_map or (p.merge_regions > 0 and p.merge_edges > 0) else None
+    segments = _refinement_superpixels(image, p, gradient) if p.refine_superpixels > 0 else None
+    if segments is not None:
+        labels = _superpixel_majority(labels, segments)
+    if p.merge_regions > 0:
+        labels = _merge_similar_regions(labels, colours, p.merge_regions, gradient, p.merge_edges)
+    return labels, segments
+
+
 def predict_clusters(model: ResponseNet, p: FeatureClusteringParams, image: np.ndarray, device: torch.device,
                      autocast=None, tile: int | None = None) -> np.ndarray:
     """Cluster ids ``(Y, X)`` of a prepared ``(Y, X, C)`` image by a trained network, at full resolution
@@ -549,15 +579,7 @@ def predict_clusters(model: ResponseNet, p: FeatureClusteringParams, image: np.n
             labels = torch.from_numpy(lut).to(labels.device)[labels]
         else:  # large images in tiles, with the whole image's batch statistics (no seams)
             labels = tiled_forward(model, x, tile or TILE, overlap=2 * p.conv_layers + 2, reduce=_argmax)[0, 0]
-    labels = labels.cpu().numpy()
-    # one colour conversion and gradient for both steps that use them (seconds and ~400 MB on 4096x4096)
-    watershed_map = p.refine_superpixels > 0 and p.refine_method == "watershed"
-    colours = _colours_for_merging(image) if p.merge_regions > 0 or watershed_map else None
-    gradient = _colour_gradient(colours) if watershed_map or (p.merge_regions > 0 and p.merge_edges > 0) else None
-    if p.refine_superpixels > 0:
-        labels = _superpixel_majority(labels, _refinement_superpixels(image, p, gradient))
-    if p.merge_regions > 0:
-        labels = _merge_similar_regions(labels, colours, p.merge_regions, gradient, p.merge_edges)
+    labels, _ = vote_and_merge(labels.cpu().numpy(), image, p)
     if p.min_region > 0:
         labels = _merge_small_regions(labels, max(1, round(p.min_region * labels.size)))
     return labels

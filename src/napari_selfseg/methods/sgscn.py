@@ -35,11 +35,13 @@ from .feature_clustering import (
     _features,
     _merge_small_regions,
     _reassign_by_colour,
-    _slic,
-    _superpixel_majority,
     _to_tensor,
     _training_scale,
     _ward_merge,
+    merge_edges_param,
+    merge_regions_param,
+    refine_method_param,
+    vote_and_merge,
 )
 
 
@@ -98,11 +100,14 @@ class SGSCNParams(PostprocessParams):
     merge_cost: float = param(0.0, low=0.0, high=1.0, step=0.005, live=False, advanced=True,
                               help="Final map: merge clusters whose mean responses are close while the Ward cost "
                                    "of a merge stays below this (0 = off)")
-    refine_superpixels: int = param(1000, low=0, high=20000, step=50, live=False, advanced=True,
-                                    help="Final map: give each of this many full-resolution SLIC superpixels its "
-                                         "majority label (0 = off)")
+    refine_superpixels: int = param(4000, low=0, high=20000, step=50, live=False, advanced=True,
+                                    help="Final map: give each of about this many full-resolution superpixels its "
+                                         "majority label (0 = off); snaps boundaries to image edges")
+    refine_method: str = refine_method_param()
     compactness: float = param(30.0, low=0.1, high=1000.0, live=False, advanced=True,
-                               help="SLIC compactness of the final-map superpixels")
+                               help="SLIC compactness of the final-map superpixels (when made by SLIC)")
+    merge_regions: float = merge_regions_param()
+    merge_edges: float = merge_edges_param()
     min_region: float = param(0.0, low=0.0, high=0.1, step=0.0005, live=False, advanced=True,
                               help="Final map: connected regions smaller than this fraction of the image are "
                                    "merged into the nearest larger region (0 = off)")
@@ -123,7 +128,9 @@ PRESETS = {
     # One object on a background (dermoscopy lesions; the best-overlap protocol): the final map is merged
     # down to two clusters by colour, the superpixels are regrouped by how well they fit each cluster's
     # colours (4 steps), and border regions (vignetting) get their own label (docs/methods/sgscn.md).
-    "lesion": {"merge_colours": 2, "reassign_steps": 4, "border_components": True},
+    # It keeps the final map it was chosen with: 1000 SLIC superpixels and no region merge.
+    "lesion": {"merge_colours": 2, "reassign_steps": 4, "border_components": True, "refine_method": "slic",
+               "refine_superpixels": 1000, "merge_regions": 0.0},
     # The paper / reference code for dermoscopy: 100 filters, three 3x3 layers, CE weight 1, spatial weight 5,
     # consistency on, SGD lr 0.1, at most 50 iterations or 3 clusters, full image, RGB, no refinement.
     "paper": {"w_ce": 1.0, "w_ss": 5.0, "w_cc": 1.0, "consistency_weighting": "clusters", "cross_entropy": True,
@@ -131,7 +138,7 @@ PRESETS = {
               "min_labels": 3, "max_iterations": 50, "channels": 100, "conv_layers": 2, "scale": 1.0,
               "train_pixels": 0, "label_resolution": "full", "colour_space": "rgb", "merge_to_min": False,
               "merge_cost": 0.0, "refine_superpixels": 0, "min_region": 0.0, "merge_colours": 0,
-              "reassign_steps": 0},
+              "reassign_steps": 0, "merge_regions": 0.0},
 }
 
 
@@ -202,10 +209,7 @@ class SGSCNModel:
             if p.merge_to_min:
                 lut = _merge_down_to(counts, means, lut, p.min_labels)
             labels = torch.from_numpy(lut).to(labels.device)[labels]
-        labels = labels.cpu().numpy()
-        segments = _slic(image, p.refine_superpixels, p.compactness) if p.refine_superpixels > 0 else None
-        if segments is not None:
-            labels = _superpixel_majority(labels, segments)
+        labels, segments = vote_and_merge(labels.cpu().numpy(), image, p)
         if p.merge_colours > 0:
             labels = _colour_merge(labels, image, p.merge_colours)
         if p.reassign_steps > 0:
@@ -289,5 +293,7 @@ METHOD = Method(
     presets=PRESETS,
     inputs="plane",
     load=load,
+    # saved before the watershed vote and the region merge: 1000 SLIC superpixels (recorded), no merge
+    older_defaults={"refine_method": "slic", "merge_regions": 0.0, "merge_edges": 0.0},
 )
 METHODS = [METHOD]
