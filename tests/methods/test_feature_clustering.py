@@ -248,3 +248,10 @@ def test_region_merging_is_part_of_the_final_map(regions):
     assert len(np.unique(merged)) < len(np.unique(labels))
     expected = fc._merge_similar_regions(labels.astype(np.int64), colours, 60.0, fc._colour_gradient(colours), 0.5)
     assert same_partition(expected, merged)
+
+
+def test_final_pass_builds_no_autograd_graph(regions):
+    """The final map runs without gradients: the Ward merge of clusters reads the responses as arrays."""
+    image, truth = regions
+    labels = segment(image, seed=0, merge_cost=0.05, **FAST)
+    assert labels.shape == truth.shape and len(np.unique(labels)) >= 2

@@ -547,7 +547,6 @@ class FeatureClusteringTrainer:
         return dict(self.model.state_dict())
 
 
-@torch.no_grad()
 def vote_and_merge(labels: np.ndarray, image: np.ndarray, p) -> tuple[np.ndarray, np.ndarray | None]:
     """The final map's superpixel vote and region merge of cluster ids ``(Y, X)`` on a prepared ``(Y, X, C)``
     image, as ``p`` (``refine_superpixels``, ``refine_method``, ``compactness``, ``merge_regions``,
@@ -564,6 +563,7 @@ def vote_and_merge(labels: np.ndarray, image: np.ndarray, p) -> tuple[np.ndarray
     return labels, segments
 
 
+@torch.no_grad()
 def predict_clusters(model: ResponseNet, p: FeatureClusteringParams, image: np.ndarray, device: torch.device,
                      autocast=None, tile: int | None = None) -> np.ndarray:
     """Cluster ids ``(Y, X)`` of a prepared ``(Y, X, C)`` image by a trained network, at full resolution
